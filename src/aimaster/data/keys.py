@@ -1,0 +1,72 @@
+"""The etcd key layout of a job, in one place (see docs/design.md).
+
+Everything lives under ``/aimaster/v1/jobs/<job-id>/``::
+
+    job                         job record: state, created, options (master writes)
+    master                      the elected master's record, bound to its lease
+    workers/<worker>            a live worker (bound to its lease): host, pid, started
+    stats/<worker>              a worker's counters: slices, items, first/last commit time
+    ds/<ds>/plan                the dataset's plan; written last, so it exists only when complete
+    ds/<ds>/planner             the process planning the dataset (bound to its lease)
+    ds/<ds>/items/<chunk>       file datasets: the file list, in chunks of JSON arrays
+    ds/<ds>/todo/<slice>        a free slice ({"a": attempts so far})
+    ds/<ds>/claim/<slice>       the primary attempt of a slice in flight (bound to its worker's lease)
+    ds/<ds>/backup/<slice>/<w>  a speculative copy of a slice in flight (bound to its worker's lease)
+    ds/<ds>/attempts/<slice>    attempts started so far and the last error (no lease: survives crashes)
+    ds/<ds>/done/<slice>        the one commit of a slice: attempt, worker, staged outputs
+    ds/<ds>/failed/<slice>      a slice given up on, with its error
+    ds/<ds>/finalized           outputs of the whole dataset published (and sessions committed)
+"""
+
+from __future__ import annotations
+
+import re
+
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_name(kind: str, value: str) -> str:
+    from aimaster.errors import ConfigError
+
+    if not isinstance(value, str) or not _SAFE.match(value):
+        raise ConfigError(
+            f"bad {kind} {value!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+JOB = "job"
+MASTER = "master"
+WORKERS = "workers/"
+STATS = "stats/"
+DATASETS = "ds/"
+
+
+def worker(worker_id: str) -> str:
+    return f"{WORKERS}{worker_id}"
+
+
+def stats(worker_id: str) -> str:
+    return f"{STATS}{worker_id}"
+
+
+class DatasetKeys:
+    """Keys of one dataset within a job."""
+
+    def __init__(self, ds_id: str):
+        self.ds_id = ds_id
+        self.base = f"{DATASETS}{ds_id}/"
+        self.plan = self.base + "plan"
+        self.planner = self.base + "planner"
+        self.items = self.base + "items/"
+        self.todo = self.base + "todo/"
+        self.claim = self.base + "claim/"
+        self.backup = self.base + "backup/"
+        self.attempts = self.base + "attempts/"
+        self.done = self.base + "done/"
+        self.failed = self.base + "failed/"
+        self.finalized = self.base + "finalized"
+        self.finalizing = self.base + "finalizing"
+
+    def item_chunk(self, n: int) -> str:
+        return f"{self.items}{n:06d}"

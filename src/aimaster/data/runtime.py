@@ -1,0 +1,72 @@
+"""Where a worker finds its job: from the launcher's environment, or standalone.
+
+Under ``aimaster run`` (or ``aimaster join``) the launcher sets ``AIMASTER_ETCD_ENDPOINTS``,
+``AIMASTER_JOB_ID`` and ``AIMASTER_WORKER_ID``. A program started without them (``python infer.py``)
+is a job of its own: it starts a private embedded etcd in a temporary directory, is the only worker,
+and processes the whole dataset with the same claim/commit semantics.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+from aimaster.data import keys
+from aimaster.data.etcd_server import EmbeddedEtcd
+from aimaster.data.session import WorkerSession
+from aimaster.data.store import EtcdConfig, Store, job_prefix
+
+
+@dataclass
+class JobContext:
+    etcd: EtcdConfig
+    job_id: str
+    worker_id: str
+    standalone: bool
+
+
+_lock = threading.Lock()
+_standalone_etcd: Optional[EmbeddedEtcd] = None
+_session: Optional[WorkerSession] = None
+
+
+def _start_standalone_etcd() -> EmbeddedEtcd:
+    global _standalone_etcd
+    if _standalone_etcd is None:
+        _standalone_etcd = EmbeddedEtcd().start()
+        atexit.register(_standalone_etcd.stop)
+        # Spawned children (a DataLoader with the 'spawn' start method) must join this job, not
+        # start a private etcd of their own.
+        os.environ["AIMASTER_ETCD_ENDPOINTS"] = _standalone_etcd.endpoint
+        os.environ["AIMASTER_JOB_ID"] = "standalone"
+        os.environ["AIMASTER_STANDALONE"] = "1"
+    return _standalone_etcd
+
+
+def job_context() -> JobContext:
+    cfg = EtcdConfig.from_env()
+    worker_id = os.environ.get("AIMASTER_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}"
+    if cfg is None:
+        _start_standalone_etcd()
+        cfg = EtcdConfig.from_env()
+    job_id = keys.check_name("job id", os.environ.get("AIMASTER_JOB_ID", "default"))
+    return JobContext(cfg, job_id, worker_id, standalone=os.environ.get("AIMASTER_STANDALONE") == "1")
+
+
+def current_session() -> WorkerSession:
+    """This process's worker session; a forked child (DataLoader worker) gets its own."""
+    global _session
+    with _lock:
+        if _session is None or _session.pid != os.getpid():
+            ctx = job_context()
+            worker_id = ctx.worker_id
+            if _session is not None:  # forked from a worker: a sub-worker with its own lease
+                worker_id = f"{_session.worker_id}.{os.getpid()}"
+            store = Store(ctx.etcd, job_prefix(ctx.job_id))
+            _session = WorkerSession(store, worker_id)
+            _session.standalone = ctx.standalone
+        return _session

@@ -1,0 +1,310 @@
+"""The one place that talks to etcd: JSON values, a key prefix per job, retries with backoff.
+
+Every other module goes through :class:`Store`, so that
+
+* only JSON is ever written or read (values read back are validated: a garbage value is an
+  :class:`~aimaster.errors.EtcdDataError` naming the key, never a crash loop or code execution);
+* a transient etcd failure (a restart, a leader election, a dropped connection) is retried with
+  backoff for ``retry_seconds`` instead of killing the worker, a failure mode torchelastic is known
+  for; only then does it become :class:`~aimaster.errors.EtcdUnavailableError`;
+* jobs are isolated by key prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar
+
+import grpc
+import pyetcd
+import pyetcd.exceptions as etcd_exc
+from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
+
+from aimaster.errors import ConfigError, EtcdDataError, EtcdUnavailableError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ROOT = "/aimaster/v1/"
+MAX_VALUE_BYTES = 1 << 20  # a value larger than this is not something aimaster wrote
+
+_TRANSIENT = (
+    etcd_exc.ConnectionFailedError,
+    etcd_exc.ConnectionTimeoutError,
+    etcd_exc.NoServerAvailableError,
+    etcd_exc.InternalServerError,
+)
+
+
+@dataclass
+class EtcdConfig:
+    """How to reach etcd. ``endpoints`` are ``host:port`` strings."""
+
+    endpoints: List[str]
+    user: Optional[str] = None
+    password: Optional[str] = field(default=None, repr=False)
+    ca_cert: Optional[str] = None
+    cert_cert: Optional[str] = None
+    cert_key: Optional[str] = None
+    retry_seconds: float = 60.0
+    rpc_timeout: float = 10.0
+
+    @classmethod
+    def parse_endpoints(cls, text: str) -> List[str]:
+        endpoints = []
+        for part in text.split(","):
+            part = part.strip()
+            for scheme in ("http://", "https://"):
+                if part.startswith(scheme):
+                    part = part[len(scheme):]
+            part = part.rstrip("/")
+            if not part:
+                continue
+            host, sep, port = part.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ConfigError(f"bad etcd endpoint {part!r}: expected host:port")
+            endpoints.append(f"{host}:{port}")
+        if not endpoints:
+            raise ConfigError(f"no etcd endpoint in {text!r}")
+        return endpoints
+
+    def to_env(self) -> dict:
+        """Environment variables that let a worker process rebuild this config."""
+        env = {"AIMASTER_ETCD_ENDPOINTS": ",".join(self.endpoints)}
+        for name, value in (
+            ("AIMASTER_ETCD_USER", self.user),
+            ("AIMASTER_ETCD_PASSWORD", self.password),
+            ("AIMASTER_ETCD_CA_CERT", self.ca_cert),
+            ("AIMASTER_ETCD_CERT", self.cert_cert),
+            ("AIMASTER_ETCD_KEY", self.cert_key),
+        ):
+            if value:
+                env[name] = value
+        return env
+
+    @classmethod
+    def from_env(cls, environ=os.environ) -> Optional[EtcdConfig]:
+        text = environ.get("AIMASTER_ETCD_ENDPOINTS")
+        if not text:
+            return None
+        return cls(
+            endpoints=cls.parse_endpoints(text),
+            user=environ.get("AIMASTER_ETCD_USER") or None,
+            password=environ.get("AIMASTER_ETCD_PASSWORD") or None,
+            ca_cert=environ.get("AIMASTER_ETCD_CA_CERT") or None,
+            cert_cert=environ.get("AIMASTER_ETCD_CERT") or None,
+            cert_key=environ.get("AIMASTER_ETCD_KEY") or None,
+            retry_seconds=float(environ.get("AIMASTER_ETCD_RETRY_SECONDS", "60")),
+        )
+
+
+def _make_client(cfg: EtcdConfig) -> MultiEndpointEtcd3Client:
+    creds = None
+    if cfg.ca_cert or cfg.cert_cert:
+        def read(path):
+            if not path:
+                return None
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as e:
+                raise ConfigError(f"cannot read etcd TLS file {path}: {e.strerror}")
+
+        creds = grpc.ssl_channel_credentials(read(cfg.ca_cert), read(cfg.cert_key), read(cfg.cert_cert))
+    endpoints = []
+    for ep in cfg.endpoints:
+        host, _, port = ep.rpartition(":")
+        # time_retry: pyetcd marks a failed endpoint unusable for 300 s by default, which turns a
+        # one-second etcd restart into five minutes of errors; retry it almost at once instead.
+        endpoints.append(Endpoint(host, int(port), secure=creds is not None, creds=creds, time_retry=0.2))
+    return MultiEndpointEtcd3Client(
+        endpoints=endpoints, timeout=cfg.rpc_timeout, user=cfg.user, password=cfg.password, failover=True
+    )
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def loads(raw: bytes, key: str, expect: type = dict) -> Any:
+    """Decode a value read from etcd, refusing anything aimaster would not have written."""
+    if len(raw) > MAX_VALUE_BYTES:
+        raise EtcdDataError(f"value at {key} is {len(raw)} bytes, larger than aimaster ever writes")
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise EtcdDataError(f"value at {key} is not JSON: {raw[:60]!r}")
+    if expect is not None and not isinstance(value, expect):
+        raise EtcdDataError(f"value at {key} is a {type(value).__name__}, expected {expect.__name__}")
+    return value
+
+
+class Store:
+    """A job-scoped, retrying, JSON-only view of etcd.
+
+    Keys passed to methods are relative to ``prefix``. Create one per process: gRPC channels must not
+    cross ``fork`` (see :meth:`for_this_process`).
+    """
+
+    def __init__(self, cfg: EtcdConfig, prefix: str):
+        if not prefix.endswith("/"):
+            prefix += "/"
+        self.cfg = cfg
+        self.prefix = prefix
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._client = self._connect()
+
+    def _connect(self) -> MultiEndpointEtcd3Client:
+        def connect():
+            return _make_client(self.cfg)
+
+        return self._retry(connect, what="connect")
+
+    def for_this_process(self) -> Store:
+        """This store, or a fresh one after a ``fork`` (the parent's gRPC channel is unusable there)."""
+        if os.getpid() == self._pid:
+            return self
+        return Store(self.cfg, self.prefix)
+
+    @property
+    def client(self) -> MultiEndpointEtcd3Client:
+        return self._client
+
+    @property
+    def tx(self):
+        return self._client.transactions
+
+    def key(self, rel: str) -> str:
+        return self.prefix + rel
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:  # closing a broken channel must not mask the error that got us here
+            pass
+
+    # -- retry ---------------------------------------------------------------------------------
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        deadline = time.monotonic() + self.cfg.retry_seconds
+        delay = 0.05
+        while True:
+            try:
+                return fn()
+            except _TRANSIENT as e:
+                err = e
+            except grpc.RpcError as e:  # e.g. UNAUTHENTICATED with a bad password: not transient
+                code = e.code() if hasattr(e, "code") else None
+                if code == grpc.StatusCode.UNAUTHENTICATED or code == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise EtcdUnavailableError(
+                        f"etcd at {','.join(self.cfg.endpoints)} refused the credentials: "
+                        f"{e.details() if hasattr(e, 'details') else e}"
+                    )
+                err = e
+            except ValueError as e:  # pyetcd: "Trying to use a failed node"
+                err = e
+            if time.monotonic() >= deadline:
+                raise EtcdUnavailableError(
+                    f"etcd at {','.join(self.cfg.endpoints)} unreachable for {self.cfg.retry_seconds:.0f}s "
+                    f"({what}: {type(err).__name__}: {err})"
+                )
+            log.debug("etcd %s failed (%s); retrying in %.2fs", what, err, delay)
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+    def call(self, what: str, fn: Callable[[MultiEndpointEtcd3Client], T]) -> T:
+        return self._retry(lambda: fn(self._client), what)
+
+    # -- JSON key/value --------------------------------------------------------------------------
+    def get(self, rel: str, expect: type = dict) -> Tuple[Any, Optional[Any]]:
+        """(value or None, metadata or None)."""
+        k = self.key(rel)
+        raw, meta = self.call(f"get {k}", lambda c: c.get(k))
+        if raw is None:
+            return None, None
+        return loads(raw, k, expect), meta
+
+    def get_value(self, rel: str, expect: type = dict) -> Any:
+        return self.get(rel, expect)[0]
+
+    def put(self, rel: str, value: Any, lease=None) -> None:
+        k = self.key(rel)
+        data = dumps(value)
+        self.call(f"put {k}", lambda c: c.put(k, data, lease=lease))
+
+    def delete(self, rel: str) -> None:
+        k = self.key(rel)
+        self.call(f"delete {k}", lambda c: c.delete(k))
+
+    def delete_prefix(self, rel: str) -> None:
+        k = self.key(rel)
+        self.call(f"delete prefix {k}", lambda c: c.delete_prefix(k))
+
+    def range(self, rel: str, keys_only: bool = False, limit: Optional[int] = None,
+              expect: type = dict) -> List[Tuple[str, Any, Any]]:
+        """[(relative key, value or None if keys_only, metadata)] sorted by key."""
+        k = self.key(rel)
+        kwargs = {"keys_only": keys_only, "sort_order": "ascend", "sort_target": "key"}
+        if limit:
+            kwargs["limit"] = limit
+        items = self.call(f"range {k}", lambda c: list(c.get_prefix(k, **kwargs)))
+        out = []
+        n = len(self.prefix)
+        for raw, meta in items:
+            key = meta.key.decode("utf-8", "replace")
+            out.append((key[n:], None if keys_only else loads(raw, key, expect), meta))
+        return out
+
+    def keys(self, rel: str) -> List[str]:
+        n = len(self.prefix) + len(rel)
+        return [k[n - len(self.prefix):] for k, _, _ in self.range(rel, keys_only=True)]
+
+    def count(self, rel: str) -> int:
+        k = self.key(rel)
+        return self.call(f"count {k}", lambda c: c.get_prefix_response(k, count_only=True).count)
+
+    def txn(self, what: str, compare: Sequence, success: Sequence = (), failure: Sequence = ()):
+        """Run a transaction (ops built with :attr:`tx` on *absolute* keys from :meth:`key`)."""
+        return self.call(what, lambda c: c.transaction(compare=list(compare), success=list(success),
+                                                       failure=list(failure)))
+
+    def iter_prefix_chunks(self, rel: str, page: int = 1000) -> Iterator[Tuple[str, bytes, Any]]:
+        """Walk a large prefix in pages, so a million keys never sit in one gRPC response."""
+        start = self.key(rel)
+        end = pyetcd.utils.prefix_range_end(pyetcd.utils.to_bytes(start))
+        while True:
+            items = self.call(
+                f"range {start}",
+                lambda c, s=start: list(c.get_range(s, end, limit=page, sort_order="ascend",
+                                                    sort_target="key")),
+            )
+            for raw, meta in items:
+                yield meta.key.decode("utf-8", "replace")[len(self.prefix):], raw, meta
+            if len(items) < page:
+                return
+            start = items[-1][1].key + b"\0"
+
+    # -- leases ----------------------------------------------------------------------------------
+    def grant_lease(self, ttl: int):
+        return self.call("grant lease", lambda c: c.lease(ttl))
+
+    def refresh_lease(self, lease) -> int:
+        """Keep a lease alive; returns the remaining TTL (0 if the lease has already expired)."""
+        responses = self.call("refresh lease", lambda c: list(c.refresh_lease(lease.id)))
+        return responses[0].TTL if responses else 0
+
+    def revoke_lease(self, lease) -> None:
+        try:
+            self._retry(lambda: self._client.revoke_lease(lease.id), "revoke lease")
+        except Exception:  # an expired lease or an etcd that is going away: nothing left to release
+            pass
+
+
+def job_prefix(job_id: str) -> str:
+    return f"{ROOT}jobs/{job_id}/"
