@@ -56,7 +56,10 @@ class PosixFileClient:
 
     def _source_key(self):
         c = self.config
-        norm = (lambda p: p if not p or files.is_url(p) else os.path.abspath(p))
+
+        def norm(p):
+            return p if not p or files.is_url(p) else os.path.abspath(p)
+
         return ("files", norm(c.input_dir), norm(c.input_file_meta_path))
 
     def _plan(self) -> PlanData:
