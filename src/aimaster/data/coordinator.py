@@ -123,6 +123,13 @@ class Dataset:
             if plan is not None:
                 return self._adopt(plan, slice_size)
 
+    def load_plan(self) -> Optional[Dict[str, Any]]:
+        """Attach to an existing plan (the master and status never plan); None if not planned yet."""
+        plan = self.store.get_value(self.k.plan)
+        if plan is None:
+            return None
+        return self._adopt(plan, plan.get("slice_size"))
+
     def _write_plan(self, data: PlanData, slice_size: int) -> Optional[Dict[str, Any]]:
         st, tx = self.store, self.store.tx
         num_slices = (data.num_items + slice_size - 1) // slice_size

@@ -1,0 +1,198 @@
+"""``aimaster``: run, join, inspect and demo jobs. ``aimaster COMMAND --help`` is the reference."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import uuid
+from typing import List, Optional
+
+import click
+
+from aimaster.data import keys
+from aimaster.data.store import EtcdConfig
+from aimaster.errors import AimasterError, JobError
+from aimaster.master.master import Master, RunOptions, connect
+from aimaster.master.policy import EXECUTION_MODES, POLICIES, FaultPolicy
+from aimaster.master.state_dir import JobStateDir, default_root
+
+_COMMAND = {"ignore_unknown_options": True, "allow_interspersed_args": False}
+
+
+def _new_job_id() -> str:
+    return datetime.datetime.now().strftime("job-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+
+
+def _etcd_config(etcd: Optional[str], user, password, ca, cert, key) -> Optional[EtcdConfig]:
+    if not etcd:
+        if any((user, password, ca, cert, key)):
+            raise click.UsageError("--etcd-user/--etcd-password/TLS options need --etcd")
+        return None
+    if bool(cert) != bool(key):
+        raise click.UsageError("--etcd-cert and --etcd-key go together")
+    if bool(user) != bool(password):
+        raise click.UsageError("--etcd-user and --etcd-password go together")
+    return EtcdConfig(EtcdConfig.parse_endpoints(etcd), user=user, password=password, ca_cert=ca,
+                      cert_cert=cert, cert_key=key)
+
+
+def etcd_options(f):
+    """Options shared by every command that talks to etcd."""
+    opts = [
+        click.option("--etcd", metavar="HOST:PORT[,HOST:PORT...]",
+                     help="An existing etcd cluster. Default: the job's embedded etcd in the state directory."),
+        click.option("--etcd-user", envvar="AIMASTER_ETCD_USER", help="etcd user (auth enabled)."),
+        click.option("--etcd-password", envvar="AIMASTER_ETCD_PASSWORD",
+                     help="etcd password; prefer the AIMASTER_ETCD_PASSWORD variable."),
+        click.option("--etcd-ca", type=click.Path(exists=True, dir_okay=False), help="CA certificate (TLS)."),
+        click.option("--etcd-cert", type=click.Path(exists=True, dir_okay=False), help="Client certificate (TLS)."),
+        click.option("--etcd-key", type=click.Path(exists=True, dir_okay=False), help="Client key (TLS)."),
+        click.option("--state-dir", type=click.Path(file_okay=False),
+                     help="Root of job state directories (default: ./.aimaster or $AIMASTER_STATE_DIR)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="aimaster")
+def cli() -> None:
+    """Elastic, distributed, offline batch inference.
+
+    Workers take data slices from a shared plan in etcd, process them, and commit each exactly once.
+    """
+
+
+@cli.command(context_settings=_COMMAND)
+@click.option("-n", "--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Worker processes to run on this machine.")
+@click.option("--job-id", help="Job id; re-running an id resumes it (committed slices are never redone).")
+@etcd_options
+@click.option("--min-workers", type=click.IntRange(1), default=1, show_default=True,
+              help="The job counts as running once this many workers are up; more may join at any time.")
+@click.option("--job-execution-mode", type=click.Choice(EXECUTION_MODES), default="Async", show_default=True,
+              help="Async: restart only a failed worker. Sync: restart all workers when one fails.")
+@click.option("--fault-tolerant-policy", type=click.Choice(POLICIES), default="OnFailure", show_default=True,
+              help="When to relaunch a failed worker.")
+@click.option("--max-num-of-same-error", type=click.IntRange(1), default=20, show_default=True,
+              help="The same failure this many times fails the job.")
+@click.option("--enable-job-hang-detection", is_flag=True, help="Kill and relaunch workers that stop progressing.")
+@click.option("--job-hang-interval", type=click.FloatRange(1), default=600, show_default=True,
+              help="Seconds without progress after which a worker counts as hung.")
+@click.option("--lease-ttl", type=click.IntRange(2), default=10, show_default=True,
+              help="Seconds after which a dead worker's slices are handed out again.")
+@click.option("--max-slice-attempts", type=click.IntRange(1), default=4, show_default=True,
+              help="Attempts after which a slice is reported failed instead of retried.")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key, state_dir, min_workers,
+        job_execution_mode, fault_tolerant_policy, max_num_of_same_error, enable_job_hang_detection,
+        job_hang_interval, lease_ttl, max_slice_attempts, quiet, command) -> None:
+    """Run COMMAND as a job on WORKERS worker processes: aimaster run -n 4 -- python infer.py
+
+    Exits 0 when the job Succeeded, 1 when it Failed, 130 when stopped with Ctrl-C (resumable).
+    """
+    job_id = keys.check_name("job id", job_id or _new_job_id())
+    opts = RunOptions(
+        command=_command(command), job_id=job_id, workers=workers,
+        etcd=_etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key),
+        state_root=state_dir or default_root(), min_workers=min_workers,
+        policy=FaultPolicy(job_execution_mode, fault_tolerant_policy, max_num_of_same_error),
+        hang_detection=enable_job_hang_detection, hang_interval=job_hang_interval, lease_ttl=lease_ttl,
+        max_slice_attempts=max_slice_attempts, progress=not quiet,
+    )
+    click.echo(f"aimaster: job {job_id} ({workers} worker(s)); state in "
+               f"{JobStateDir(opts.state_root, job_id).path}", err=True)
+    sys.exit(Master(opts).run())
+
+
+@cli.command(context_settings=_COMMAND)
+@click.option("-n", "--workers", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--job-id", required=True, help="The running job to join.")
+@etcd_options
+@click.option("--lease-ttl", type=click.IntRange(2), default=10, show_default=True)
+@click.option("--quiet", is_flag=True)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def join(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key, state_dir, lease_ttl,
+         quiet, command) -> None:
+    """Add workers on this machine to a running job (same etcd, same job id).
+
+    aimaster join --etcd master-host:2379 --job-id J -n 8 -- python infer.py
+    """
+    cfg = _etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key)
+    if cfg is None:
+        raise click.UsageError("join needs --etcd (the job's etcd, reachable from this machine)")
+    job_id = keys.check_name("job id", job_id)
+    store = connect(cfg, job_id)
+    if store.get_value(keys.JOB) is None:
+        raise JobError(f"no job {job_id} in etcd at {etcd}")
+    opts = RunOptions(command=_command(command), job_id=job_id, workers=workers, etcd=cfg,
+                      state_root=state_dir or default_root(), lease_ttl=lease_ttl, progress=not quiet,
+                      join_only=True)
+    sys.exit(Master(opts).run())
+
+
+@cli.command()
+@click.option("--job-id", help="Job to show (default: the most recent one in the state directory).")
+@etcd_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key, state_dir, as_json) -> None:
+    """Show a job: state, slices done / in flight / failed, per-worker throughput."""
+    from aimaster.master.status import job_status
+
+    cfg = _etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key)
+    view = job_status(job_id, cfg, state_dir or default_root())
+    if as_json:
+        click.echo(json.dumps(view, indent=2, sort_keys=True))
+    else:
+        from aimaster.master.status import format_status
+
+        click.echo(format_status(view))
+
+
+@cli.command()
+@click.option("-n", "--workers", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--files", "num_files", type=click.IntRange(1), default=600, show_default=True)
+@click.option("--slice-size", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--dir", "workdir", type=click.Path(file_okay=False), help="Where to put the demo data.")
+def demo(workers, num_files, slice_size, workdir) -> None:
+    """Generate sample files and run a real job over them on an embedded etcd."""
+    from aimaster.demo import run_demo
+
+    sys.exit(run_demo(workers, num_files, slice_size, workdir))
+
+
+def _command(command) -> List[str]:
+    command = list(command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise click.UsageError("missing COMMAND (e.g. aimaster run -n 2 -- python infer.py)")
+    return command
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="aimaster", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aimaster: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except AimasterError as e:
+        click.echo(f"aimaster: error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("aimaster: interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    else:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

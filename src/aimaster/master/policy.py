@@ -1,0 +1,100 @@
+"""AIMaster's fault-tolerance flags and the classification of a worker's exit.
+
+``--fault-tolerant-policy``:
+  * ``OnFailure``: relaunch a worker after any failure;
+  * ``ExitCodeAndErrorMsg``: relaunch only failures that look transient: killed by a signal (OOM
+    killer, preemption, kill -9), or an exit whose last error line names a connection, timeout or
+    resource problem; a plain Python exception in user code fails the job at once;
+  * ``Never``: the first worker failure fails the job.
+``--max-num-of-same-error N``: the same failure (same kind, code and last error line) N times fails
+the job, so a bug that kills every worker does not relaunch forever.
+``--job-execution-mode``: ``Async`` relaunches only the failed worker; ``Sync`` restarts every worker.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+from aimaster.errors import ConfigError
+
+EXECUTION_MODES = ("Async", "Sync")
+POLICIES = ("OnFailure", "ExitCodeAndErrorMsg", "Never")
+
+_TRANSIENT_MSG = re.compile(
+    r"(connection|timed? ?out|timeout|unavailable|temporar|resource exhausted|out of memory|oom|"
+    r"broken pipe|reset by peer|too many open files|no space left|etcd)", re.I)
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str  # "signal", "exit", "hang"
+    code: int
+    message: str
+
+    @property
+    def signature(self) -> str:
+        return f"{self.kind}:{self.code}:{_normalise(self.message)}"
+
+    def describe(self) -> str:
+        if self.kind == "signal":
+            name = _signal_name(self.code)
+            hint = " (out of memory? the OOM killer sends SIGKILL)" if self.code == signal.SIGKILL else ""
+            head = f"killed by {name}{hint}"
+        elif self.kind == "hang":
+            head = "hung (no progress) and was killed"
+        else:
+            head = f"exited with code {self.code}"
+        return f"{head}: {self.message}" if self.message else head
+
+    @property
+    def transient(self) -> bool:
+        return self.kind in ("signal", "hang") or bool(_TRANSIENT_MSG.search(self.message or ""))
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def _normalise(message: str) -> str:
+    # Numbers (pids, slice ids, addresses) differ between occurrences of the same error.
+    return re.sub(r"0x[0-9a-f]+|\d+", "N", message or "")[:300]
+
+
+def classify_exit(returncode: int, last_error_line: str = "") -> Failure:
+    if returncode < 0:
+        return Failure("signal", -returncode, last_error_line)
+    return Failure("exit", returncode, last_error_line)
+
+
+@dataclass
+class FaultPolicy:
+    execution_mode: str = "Async"
+    policy: str = "OnFailure"
+    max_same_error: int = 20
+
+    def __post_init__(self) -> None:
+        if self.execution_mode not in EXECUTION_MODES:
+            raise ConfigError(f"--job-execution-mode must be one of {', '.join(EXECUTION_MODES)}")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"--fault-tolerant-policy must be one of {', '.join(POLICIES)}")
+        if self.max_same_error < 1:
+            raise ConfigError("--max-num-of-same-error must be at least 1")
+        self.counts: Dict[str, int] = {}
+
+    def record(self, failure: Failure) -> Optional[str]:
+        """Count a failure; return why the job must fail now, or None to relaunch."""
+        n = self.counts[failure.signature] = self.counts.get(failure.signature, 0) + 1
+        if self.policy == "Never":
+            return f"a worker {failure.describe()} (--fault-tolerant-policy=Never)"
+        if self.policy == "ExitCodeAndErrorMsg" and not failure.transient:
+            return f"a worker {failure.describe()} (not a transient failure under ExitCodeAndErrorMsg)"
+        if n >= self.max_same_error:
+            return f"the same failure happened {n} times (--max-num-of-same-error={self.max_same_error}): " \
+                   f"{failure.describe()}"
+        return None
