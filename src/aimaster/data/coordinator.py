@@ -244,7 +244,9 @@ class Dataset:
                 ]
                 if not self._candidates:
                     return None
-            sid, value, mod_rev = self._candidates.pop(random.randrange(len(self._candidates)))
+            # Alone (standalone), go in order; among peers, pick at random so claims rarely collide.
+            pick = 0 if getattr(self.session, "standalone", False) else random.randrange(len(self._candidates))
+            sid, value, mod_rev = self._candidates.pop(pick)
             try:
                 index = self.slice_index(sid)
             except ValueError:

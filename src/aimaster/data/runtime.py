@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Optional
@@ -28,6 +30,8 @@ class JobContext:
     worker_id: str
     standalone: bool
 
+
+USER_ERROR_EXIT = 3  # the master does not relaunch a worker that exits with this code
 
 _lock = threading.Lock()
 _standalone_etcd: Optional[EmbeddedEtcd] = None
@@ -69,4 +73,39 @@ def current_session() -> WorkerSession:
             store = Store(ctx.etcd, job_prefix(ctx.job_id))
             _session = WorkerSession(store, worker_id)
             _session.standalone = ctx.standalone
+            install_sigterm_handler()
         return _session
+
+
+def _excepthook(exc_type, exc, tb, _previous=sys.excepthook):
+    """An uncaught user error (missing input dir, bad meta file...) is one line, not a traceback.
+
+    The worker then exits with USER_ERROR_EXIT, which tells the master that relaunching it would only
+    fail the same way.
+    """
+    from aimaster.errors import AimasterError
+
+    if isinstance(exc, AimasterError):
+        print(f"aimaster: error: {exc}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        if _session is not None and _session.pid == os.getpid():
+            _session.close()
+        os._exit(USER_ERROR_EXIT)
+    _previous(exc_type, exc, tb)
+
+
+def install_excepthook() -> None:
+    if sys.excepthook is not _excepthook:
+        sys.excepthook = _excepthook
+
+
+def _terminate(signum, frame):
+    # SIGTERM (the launcher stopping us, a preemption) becomes a normal exit, so atexit handlers run
+    # and our lease is revoked at once: our slices go back to the pool without waiting for the TTL.
+    sys.exit(128 + signum)
+
+
+def install_sigterm_handler() -> None:
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _terminate)

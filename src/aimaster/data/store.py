@@ -29,6 +29,9 @@ from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 from aimaster.errors import ConfigError, EtcdDataError, EtcdUnavailableError
 
 log = logging.getLogger(__name__)
+
+_RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
+                grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED)
 T = TypeVar("T")
 
 ROOT = "/aimaster/v1/"
@@ -199,13 +202,15 @@ class Store:
                 return fn()
             except _TRANSIENT as e:
                 err = e
-            except grpc.RpcError as e:  # e.g. UNAUTHENTICATED with a bad password: not transient
+            except grpc.RpcError as e:
                 code = e.code() if hasattr(e, "code") else None
-                if code == grpc.StatusCode.UNAUTHENTICATED or code == grpc.StatusCode.INVALID_ARGUMENT:
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                     raise EtcdUnavailableError(
                         f"etcd at {','.join(self.cfg.endpoints)} refused the credentials: "
                         f"{e.details() if hasattr(e, 'details') else e}"
                     )
+                if code not in _RETRY_CODES:
+                    raise  # NOT_FOUND (an expired lease), INVALID_ARGUMENT...: retrying cannot help
                 err = e
             except ValueError as e:  # pyetcd: "Trying to use a failed node"
                 err = e
@@ -301,8 +306,8 @@ class Store:
 
     def revoke_lease(self, lease) -> None:
         try:
-            self._retry(lambda: self._client.revoke_lease(lease.id), "revoke lease")
-        except Exception:  # an expired lease or an etcd that is going away: nothing left to release
+            self._client.revoke_lease(lease.id)
+        except Exception:  # an expired lease or an etcd that is going away: the TTL releases it anyway
             pass
 
 

@@ -1,5 +1,8 @@
 """The seed's SDK: ``from aimaster import inference as elastic_inference``."""
 
+from aimaster.data.runtime import install_excepthook
 from aimaster.inference.posix import PosixFileClient, PosixFileConfig
+
+install_excepthook()
 
 __all__ = ["PosixFileConfig", "PosixFileClient"]

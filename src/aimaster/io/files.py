@@ -173,8 +173,19 @@ class FileSink(OutputSink):
             self.fs.makedirs(parent, exist_ok=True)
         if self.local:
             os.replace(src, dst)
+            self._prune(posixpath.dirname(src))
         else:
             self.fs.mv(src, dst)
+
+    def _prune(self, directory: str) -> None:
+        """Remove now-empty staging directories up to the output directory (local file systems)."""
+        stop = self.root
+        while directory.startswith(stop + "/") and directory != stop:
+            try:
+                os.rmdir(directory)
+            except OSError:
+                return
+            directory = posixpath.dirname(directory)
 
     def discard(self, staged: StagedRef) -> None:
         path = self._path(staged["staged"])
@@ -182,6 +193,7 @@ class FileSink(OutputSink):
         try:
             if self.local:
                 shutil.rmtree(attempt_dir, ignore_errors=True)
+                self._prune(posixpath.dirname(attempt_dir))
             elif self.fs.exists(attempt_dir):
                 self.fs.rm(attempt_dir, recursive=True)
         except OSError:
@@ -210,7 +222,11 @@ class StagedFile:
         self.closed = False
         if sink.local:
             self._tmp = f"{path}.{uuid.uuid4().hex[:6]}.part"
-            self._f = open(self._tmp, mode, **kwargs)
+            try:
+                self._f = open(self._tmp, mode, **kwargs)
+            except FileNotFoundError:  # another attempt pruned the empty staging dir meanwhile
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                self._f = open(self._tmp, mode, **kwargs)
         else:
             self._tmp = None
             self._f = sink.fs.open(path, mode, **kwargs)
@@ -229,7 +245,11 @@ class StagedFile:
             self._f.flush()
             os.fsync(self._f.fileno())
             self._f.close()
-            os.replace(self._tmp, self.path)
+            try:
+                os.replace(self._tmp, self.path)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                os.replace(self._tmp, self.path)
         else:
             self._f.close()
 

@@ -15,11 +15,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from aimaster.data import keys
 from aimaster.data.coordinator import Dataset
 from aimaster.data.etcd_server import EmbeddedEtcd
+from aimaster.data.runtime import USER_ERROR_EXIT
 from aimaster.data.session import WorkerSession
 from aimaster.data.store import EtcdConfig, Store, dumps, job_prefix
 from aimaster.errors import JobError
@@ -70,6 +71,7 @@ class Master:
         self.store: Optional[Store] = None
         self.session: Optional[WorkerSession] = None
         self.workers: Dict[int, WorkerProcess] = {}
+        self.pending: Dict[int, Tuple[float, int]] = {}  # slot -> (when to relaunch, incarnation)
         self.finished_slots: Dict[int, int] = {}
         self.history: List[Dict[str, Any]] = []
         self.relaunches: Dict[str, int] = {}
@@ -94,15 +96,31 @@ class Master:
         return EtcdConfig([endpoint])
 
     def _take_master_key(self) -> None:
+        """Become the job's only master.
+
+        A master record left by a dead master (its lease outlives it by up to a TTL, and etcd
+        restores leases with a fresh TTL after a restart) is taken over: at once when it names a
+        dead process on this host, otherwise once its lease expires.
+        """
         st, tx = self.store, self.store.tx
         record = {"host": socket.gethostname(), "pid": os.getpid(), "started": self.started}
-        ok, resp = st.txn("take master", [tx.version(st.key(keys.MASTER)) == 0],
-                          [tx.put(st.key(keys.MASTER), dumps(record), lease=self.session.lease)],
-                          [tx.get(st.key(keys.MASTER))])
-        if not ok:
-            other = resp[0][0][0].decode("utf-8", "replace") if resp and resp[0] else "?"
-            raise JobError(f"job {self.opts.job_id} already has a running master ({other}); "
-                           f"add workers with 'aimaster join --job-id {self.opts.job_id}'")
+        deadline = time.monotonic() + self.opts.lease_ttl * 2 + 2
+        while True:
+            ok, resp = st.txn("take master", [tx.version(st.key(keys.MASTER)) == 0],
+                              [tx.put(st.key(keys.MASTER), dumps(record), lease=self.session.lease)],
+                              [tx.get(st.key(keys.MASTER))])
+            if ok:
+                return
+            other = st.get_value(keys.MASTER) or {}
+            if other.get("host") == record["host"] and isinstance(other.get("pid"), int) \
+                    and not _pid_alive(other["pid"]):
+                st.delete(keys.MASTER)
+                continue
+            if time.monotonic() > deadline:
+                raise JobError(f"job {self.opts.job_id} already has a running master (pid {other.get('pid')} "
+                               f"on {other.get('host')}); add workers with "
+                               f"'aimaster join --job-id {self.opts.job_id}'")
+            time.sleep(0.5)
 
     def _write_job(self, state: str, **extra: Any) -> None:
         record = dict(self.store.get_value(keys.JOB) or {})
@@ -191,6 +209,12 @@ class Master:
                 if view.all_complete:
                     self.finished_slots[slot] = rc
                     continue
+                if rc == USER_ERROR_EXIT and failure.message.startswith("aimaster: error:"):
+                    # Bad input or configuration: every relaunch would fail the same way.
+                    self.fail_reason = failure.message[len("aimaster: error: "):]
+                    self._log(f"worker {w.worker_id}: {failure.message}")
+                    stop_all(list(self.workers.values()), opts.stop_grace)
+                    return self._finish(FAILED)
                 reason = opts.policy.record(failure)
                 self._log(f"worker {w.worker_id} (pid {w.pid}) {failure.describe()}")
                 if reason is not None:
@@ -198,23 +222,37 @@ class Master:
                     stop_all(list(self.workers.values()), opts.stop_grace)
                     return self._finish(FAILED)
                 self._relaunch(slot, failure, incarnations)
+            self._launch_due(view)
             if self.display:
                 self.display.update(view, len(self.workers), sum(self.relaunches.values()))
-            if not self.workers:
+            if not self.workers and not self.pending:
                 return self._finish(self._final_state(view))
             time.sleep(opts.poll_interval)
 
     def _relaunch(self, slot: int, failure: Failure, incarnations: Dict[int, int]) -> None:
+        """Schedule a relaunch, backing off when a slot keeps failing so a crash loop stays cheap."""
         cause = f"{failure.kind}:{failure.code}"
         self.relaunches[cause] = self.relaunches.get(cause, 0) + 1
+        slots = [slot]
         if self.opts.policy.execution_mode == "Sync":
             # Sync: the job's workers run as one group; a failure restarts all of them.
             stop_all(list(self.workers.values()), self.opts.stop_grace)
-            for other in list(self.workers):
-                incarnations[other] += 1
-                self._launch(other, incarnations[other])
-        incarnations[slot] += 1
-        self._launch(slot, incarnations[slot])
+            slots += list(self.workers)
+            self.workers.clear()
+        for s in slots:
+            incarnations[s] += 1
+            self.pending[s] = (time.monotonic() + min(0.25 * 2 ** (incarnations[s] - 1), 15.0), incarnations[s])
+
+    def _launch_due(self, view: JobView) -> None:
+        if view.all_complete:
+            # Early stop: once the data is done, nothing is started again.
+            self.pending.clear()
+            return
+        now = time.monotonic()
+        for slot, (due, incarnation) in list(self.pending.items()):
+            if due <= now:
+                del self.pending[slot]
+                self._launch(slot, incarnation)
 
     def _view(self) -> JobView:
         return JobMonitor(self.store, self.opts.job_id).view()
@@ -340,3 +378,17 @@ class Master:
                 os.unlink(self.state.etcd_info)
             except OSError:
                 pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped) is dead
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True

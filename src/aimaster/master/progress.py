@@ -100,8 +100,7 @@ class ProgressDisplay:
             self.log(summary_line(view, self.meter, workers_running, restarts))
 
     def log(self, message: str) -> None:
-        if not self.enabled:
-            return
+        """Events (a worker died, the job resumed) are printed even when the progress display is off."""
         if self._progress is not None:
             self._progress.console.print(message, markup=False, highlight=False)
         else:

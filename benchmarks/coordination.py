@@ -1,0 +1,472 @@
+"""Coordination cost of aimaster, measured against raw etcd in the same run.
+
+Run it from the repository root::
+
+    python benchmarks/coordination.py            # full run (a few minutes on 2 cores)
+    python benchmarks/coordination.py --quick    # CI smoke test (< 30 s)
+    python benchmarks/coordination.py --json results.json
+
+What it measures, and why this way:
+
+* **Baseline** -- the raw etcd compare-and-put transaction rate (``version(k) == 0`` -> ``put``) with
+  1, 8 and 32 client *processes*, each with its own ``pyetcd`` client. A slice needs at least two such
+  transactions (claim, commit), so half this rate is the ceiling for any etcd-based design on the same
+  machine; measuring it in the same run makes the ratio portable across machines and disks.
+* **aimaster claim + commit** -- the same numbers of processes, each with its own ``Store`` +
+  ``WorkerSession`` + ``Dataset`` (exactly what a worker builds), looping ``next_claim()`` +
+  ``commit()`` over a table-like dataset with ``slice_size=1`` until ``OutOfRangeException``. The plan
+  is made before the clock starts. Throughput is counted up to the *last commit*: the end-of-dataset
+  detection and finalize (a one-off per dataset) are reported separately as the "drain".
+* **Planning** a 1,000,000-file dataset (``slice_size=100``): wall seconds of ``ensure_plan`` and the
+  etcd database size after it. It runs first, on the fresh database, so the size is the plan's own
+  footprint and not leftovers of the coordination phases.
+
+Processes, not threads: the Python client is CPU-bound (protobuf, gRPC, JSON) and holds the GIL, so
+threads would measure the GIL. Children come from a ``forkserver`` whose only state is preloaded
+modules: no gRPC channel ever crosses a ``fork``, and 32 workers start in a second or two instead of
+re-importing everything as ``spawn`` would.
+
+Besides throughput and latency each phase reports the CPU seconds spent per operation by etcd and by
+the clients (they share the same cores, so CPU per slice is what bounds throughput), and for aimaster
+the etcd RPCs issued per committed slice by kind (claim transactions won and lost, ranges, counts,
+commits), counted by wrapping the worker's ``Store.call`` -- so a regression shows where it comes from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import queue
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+# Targets from the design brief; printed next to the figures so a regression is obvious.
+TARGET_RATIO = 0.30  # slices/s over raw txn/s (the ceiling is 0.50: a slice needs >= 2 transactions)
+TARGET_SLICES_32 = 1000.0  # aggregate slices/s with 32 clients
+TARGET_PLAN_SECONDS = 10.0  # planning 1,000,000 files
+TARGET_PLAN_DB_MB = 200.0  # etcd database size after planning 1,000,000 files
+
+# A value the size of a real claim record, so the baseline writes what aimaster writes.
+RAW_VALUE = json.dumps({"a": 1, "at": "bench-000.0123abcd", "t": 1700000000.123456, "w": "bench-000"})
+
+PHASE_TIMEOUT = 900.0  # seconds; a wedged child fails the run instead of hanging CI
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of already sorted values; 0.0 for no values."""
+    if not values:
+        return 0.0
+    rank = max(1, min(len(values), int(round(q / 100.0 * len(values) + 0.5))))
+    return values[rank - 1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc (Linux); NaN where unavailable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def machine_info() -> Dict[str, Any]:
+    mem_gib = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem_gib = round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "mem_gib": mem_gib,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _never_plan():
+    raise RuntimeError("benchmark worker asked to plan: the parent should have planned the dataset already")
+
+
+# ---------------------------------------------------------------------------------------- children
+def _raw_worker(endpoint: str, run: str, idx: int, n_ops: int, ready_q, start_evt, out_q) -> None:
+    """Baseline client: n_ops compare-and-put transactions on keys nobody else touches."""
+    try:
+        import pyetcd
+
+        host, _, port = endpoint.rpartition(":")
+        client = pyetcd.client(host=host, port=int(port), timeout=30)
+        tx = client.transactions
+        keys = [f"/bench/raw/{run}/{idx:03d}/{j:07d}" for j in range(n_ops)]
+        client.get("/bench/warm-up")  # open the gRPC channel before the clock starts
+        ready_q.put(idx)
+        start_evt.wait()
+        cpu0 = time.process_time()
+        lat: List[float] = []
+        failed = 0
+        for k in keys:
+            t0 = time.monotonic()
+            ok, _ = client.transaction(compare=[tx.version(k) == 0], success=[tx.put(k, RAW_VALUE)], failure=[])
+            lat.append(time.monotonic() - t0)
+            failed += not ok
+        end = time.monotonic()
+        out_q.put({"idx": idx, "lat": lat, "end": end, "last_op": end, "failed": failed,
+                   "cpu": time.process_time() - cpu0})
+        client.close()
+    except BaseException as e:  # the parent must hear about it, not wait for the timeout
+        out_q.put({"idx": idx, "error": f"{type(e).__name__}: {e}"})
+
+
+def _aimaster_worker(endpoint: str, prefix: str, ds_id: str, idx: int, ready_q, start_evt, out_q) -> None:
+    """An aimaster worker reduced to its coordination: claim + commit until the dataset is done."""
+    try:
+        from aimaster.data import OutOfRangeException
+        from aimaster.data.coordinator import Dataset
+        from aimaster.data.session import WorkerSession
+        from aimaster.data.store import EtcdConfig, Store
+
+        store = Store(EtcdConfig([endpoint]), prefix)
+        rpcs: Counter = Counter()
+        call = store.call
+
+        def counted(what: str, fn: Callable):
+            # "claim slice 000123" -> "claim"; a lost claim (another worker was first) is counted apart.
+            kind = what.split(" ", 1)[0]
+            result = call(what, fn)
+            if kind == "claim" and not result[0]:
+                kind = "claim-lost"
+            rpcs[kind] += 1
+            return result
+
+        store.call = counted  # instance attribute: Store.txn/get/range all go through self.call
+        session = WorkerSession(store, f"bench-{idx:03d}")
+        ds = Dataset(session, ds_id)
+        ds.ensure_plan(_never_plan, slice_size=1)
+        rpcs.clear()
+        ready_q.put(idx)
+        start_evt.wait()
+        cpu0 = time.process_time()
+        claim_lat: List[float] = []
+        commit_lat: List[float] = []
+        lost_commits = 0
+        last_op = None
+        while True:
+            t0 = time.monotonic()
+            try:
+                claim = ds.next_claim()
+            except OutOfRangeException:
+                break
+            t1 = time.monotonic()
+            if not ds.commit(claim):
+                lost_commits += 1
+            last_op = time.monotonic()
+            claim_lat.append(t1 - t0)
+            commit_lat.append(last_op - t1)
+        end = time.monotonic()
+        cpu = time.process_time() - cpu0
+        session.close()
+        out_q.put({"idx": idx, "claim": claim_lat, "commit": commit_lat, "end": end, "last_op": last_op,
+                   "failed": lost_commits, "cpu": cpu, "rpcs": dict(rpcs)})
+    except BaseException as e:
+        out_q.put({"idx": idx, "error": f"{type(e).__name__}: {e}"})
+
+
+# ---------------------------------------------------------------------------------------- phases
+def run_processes(ctx, etcd_pid: int, target: Callable, args_for: Callable[[int], tuple],
+                  n: int) -> Dict[str, Any]:
+    """Start n children, wait until all are connected, release them at once, collect their results.
+
+    Returns the children's results plus the release time and etcd's CPU seconds while they ran.
+    """
+    ready_q, out_q, start_evt = ctx.Queue(), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=target, args=(*args_for(i), ready_q, start_evt, out_q), daemon=True)
+             for i in range(n)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + PHASE_TIMEOUT
+    results: List[Dict[str, Any]] = []
+    try:
+        for _ in range(n):
+            while True:
+                try:
+                    ready_q.get(timeout=1.0)
+                    break
+                except queue.Empty:
+                    # A child that died before saying "ready" has put its error on out_q.
+                    try:
+                        results.append(out_q.get_nowait())
+                    except queue.Empty:
+                        pass
+                    if any("error" in r for r in results):
+                        raise RuntimeError(f"benchmark child failed: {results[-1]['error']}")
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("benchmark children did not start in time")
+        etcd_cpu0 = cpu_seconds(etcd_pid)
+        start = time.monotonic()
+        start_evt.set()
+        while len(results) < n:
+            try:
+                r = out_q.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RuntimeError(f"benchmark children did not finish within {PHASE_TIMEOUT:.0f}s")
+            if "error" in r:
+                raise RuntimeError(f"benchmark child {r['idx']} failed: {r['error']}")
+            results.append(r)
+        etcd_cpu = cpu_seconds(etcd_pid) - etcd_cpu0
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    return {"start": start, "results": results, "etcd_cpu": etcd_cpu}
+
+
+def summarize(run: Dict[str, Any], lat_key: str, n_clients: int) -> Dict[str, Any]:
+    results = run["results"]
+    ops = sum(len(r[lat_key]) for r in results)
+    last = max((r["last_op"] for r in results if r["last_op"] is not None), default=run["start"])
+    elapsed = max(last - run["start"], 1e-9)
+    lat = sorted(x for r in results for x in r[lat_key])
+    client_cpu = sum(r["cpu"] for r in results)
+    return {
+        "clients": n_clients,
+        "ops": ops,
+        "seconds": round(elapsed, 3),
+        "rate": round(ops / elapsed, 1),
+        "p50_ms": round(percentile(lat, 50) * 1e3, 2),
+        "p99_ms": round(percentile(lat, 99) * 1e3, 2),
+        "failed": sum(r["failed"] for r in results),
+        "client_cpu_ms_per_op": round(client_cpu / max(ops, 1) * 1e3, 3),
+        "etcd_cpu_ms_per_op": round(run["etcd_cpu"] / max(ops, 1) * 1e3, 3),
+    }
+
+
+def bench_raw(ctx, etcd, n_clients: int, total_ops: int) -> Dict[str, Any]:
+    per = max(1, total_ops // n_clients)
+    run_id = f"c{n_clients}-{time.time_ns()}"
+    run = run_processes(ctx, etcd.process.pid, _raw_worker,
+                        lambda i: (etcd.endpoint, run_id, i, per), n_clients)
+    return summarize(run, "lat", n_clients)
+
+
+def bench_aimaster(ctx, etcd, n_clients: int, num_slices: int) -> Dict[str, Any]:
+    from aimaster.data.coordinator import Dataset, PlanData
+    from aimaster.data.session import WorkerSession
+    from aimaster.data.store import EtcdConfig, Store, job_prefix
+
+    prefix = job_prefix(f"bench-coord-{n_clients}-{time.time_ns()}")
+    ds_id = "t-bench"
+    store = Store(EtcdConfig([etcd.endpoint]), prefix)
+    session = WorkerSession(store, "bench-planner")
+    try:
+        t0 = time.monotonic()
+        Dataset(session, ds_id).ensure_plan(lambda: PlanData("table", num_slices, {}), slice_size=1)
+        plan_s = time.monotonic() - t0
+        run = run_processes(ctx, etcd.process.pid, _aimaster_worker,
+                            lambda i: (etcd.endpoint, prefix, ds_id, i), n_clients)
+        results = run["results"]
+        for r in results:
+            r["lat"] = [a + b for a, b in zip(r["claim"], r["commit"])]
+        out = summarize(run, "lat", n_clients)
+        claim = sorted(x for r in results for x in r["claim"])
+        commit = sorted(x for r in results for x in r["commit"])
+        out["claim_p50_ms"] = round(percentile(claim, 50) * 1e3, 2)
+        out["claim_p99_ms"] = round(percentile(claim, 99) * 1e3, 2)
+        out["commit_p50_ms"] = round(percentile(commit, 50) * 1e3, 2)
+        out["commit_p99_ms"] = round(percentile(commit, 99) * 1e3, 2)
+        rpcs: Counter = Counter()
+        for r in results:
+            rpcs.update(r["rpcs"])
+        out["rpcs_per_slice"] = {k: round(v / max(out["ops"], 1), 3) for k, v in sorted(rpcs.items())}
+        last = max((r["last_op"] for r in results if r["last_op"] is not None), default=run["start"])
+        out["drain_s"] = round(max(r["end"] for r in results) - last, 3)
+        out["plan_s"] = round(plan_s, 3)
+        done = store.count(f"ds/{ds_id}/done/")
+        if done != num_slices or out["ops"] != num_slices:
+            raise RuntimeError(f"aimaster phase with {n_clients} clients committed {done} slices "
+                               f"({out['ops']} commits counted) of {num_slices}")
+        store.delete_prefix("")  # keep later phases' database comparable
+    finally:
+        session.close()
+    return out
+
+
+def bench_planning(etcd, num_files: int, meta_dir: Optional[str]) -> Dict[str, Any]:
+    """Plan a num_files file dataset (slice_size=100) on the fresh database; time it and weigh it."""
+    from aimaster.data.coordinator import Dataset, PlanData
+    from aimaster.data.session import WorkerSession
+    from aimaster.data.store import EtcdConfig, Store, job_prefix
+    from aimaster.io import files
+
+    names = [f"dir{i // 1000:04d}/img_{i:07d}.jpg" for i in range(num_files)]
+    out: Dict[str, Any] = {"files": num_files, "slice_size": 100}
+    if meta_dir is not None:
+        # The listing step for a meta-file dataset: parse and validate a PAI-style meta file.
+        meta_path = os.path.join(meta_dir, "meta.json")
+        with open(meta_path, "w") as f:
+            json.dump({"FileCount": num_files, "FileDir": "/data", "FileList": names}, f)
+        t0 = time.monotonic()
+        _, listed = files.read_meta_file(meta_path, "/data")
+        out["meta_file_mb"] = round(os.path.getsize(meta_path) / 1e6, 1)
+        out["meta_file_read_s"] = round(time.monotonic() - t0, 3)
+        assert len(listed) == num_files
+        os.unlink(meta_path)
+    store = Store(EtcdConfig([etcd.endpoint]), job_prefix("bench-plan"))
+    session = WorkerSession(store, "bench-planner")
+    try:
+        out["db_mb_before"] = round(store.client.status().db_size / 1e6, 2)
+        data = PlanData("files", num_files, {"base": "/data"}, names)
+        t0 = time.monotonic()
+        plan = Dataset(session, "f-bench").ensure_plan(lambda: data, slice_size=100)
+        out["plan_s"] = round(time.monotonic() - t0, 3)
+        out["slices"] = plan["num_slices"]
+        out["item_chunks"] = len(plan["chunks"])
+        out["db_mb_after"] = round(store.client.status().db_size / 1e6, 2)
+        # Reading one slice's names back: what every get_next_slice() pays on a cold chunk cache.
+        t0 = time.monotonic()
+        reader = Dataset(session, "f-bench")
+        reader.ensure_plan(_never_plan, slice_size=100)
+        assert reader.items(plan["num_slices"] - 1)[-1] == names[-1]
+        out["cold_slice_names_ms"] = round((time.monotonic() - t0) * 1e3, 1)
+    finally:
+        session.close()
+    return out
+
+
+# ---------------------------------------------------------------------------------------- report
+def print_report(res: Dict[str, Any]) -> None:
+    m = res["machine"]
+    print(f"\naimaster coordination benchmark ({res['mode']}): {m['cpus']} CPUs, {m['mem_gib']} GiB, "
+          f"Python {m['python']}, etcd {res['etcd_version']} (embedded; etcd and all clients share the CPUs)")
+    p = res.get("planning")
+    if p:
+        print(f"\nPlanning {p['files']:,} files (slice_size={p['slice_size']}, {p['slices']:,} slices, "
+              f"{p['item_chunks']} file-list chunks)")
+        print(f"  ensure_plan       {p['plan_s']:8.2f} s    target < {TARGET_PLAN_SECONDS:.0f} s   "
+              f"{'OK' if p['plan_s'] < TARGET_PLAN_SECONDS else 'MISS'}")
+        print(f"  etcd db size      {p['db_mb_after']:8.1f} MB   target < {TARGET_PLAN_DB_MB:.0f} MB "
+              f"{'OK' if p['db_mb_after'] < TARGET_PLAN_DB_MB else 'MISS'}  (empty db: {p['db_mb_before']} MB)")
+        print(f"  cold slice names  {p['cold_slice_names_ms']:8.1f} ms")
+        if "meta_file_read_s" in p:
+            print(f"  meta file read    {p['meta_file_read_s']:8.2f} s    ({p['meta_file_mb']} MB JSON)")
+    print("\nClaim + commit vs raw etcd compare-and-put (aggregate over all client processes)")
+    hdr = (f"{'clients':>7} | {'raw txn/s':>9} {'p50 ms':>7} {'p99 ms':>7} | {'slices/s':>8} {'p50 ms':>7} "
+           f"{'p99 ms':>7} | {'ratio':>6} | {'claim p50/p99':>14} {'commit p50/p99':>15} | "
+           f"{'cpu ms/slice cli+etcd':>21} | {'drain s':>7}")
+    print(hdr)
+    print("-" * len(hdr))
+    for row in res["coordination"]:
+        raw, am = row["raw"], row["aimaster"]
+        print(f"{row['clients']:>7} | {raw['rate']:>9.0f} {raw['p50_ms']:>7.2f} {raw['p99_ms']:>7.2f} | "
+              f"{am['rate']:>8.0f} {am['p50_ms']:>7.2f} {am['p99_ms']:>7.2f} | {row['ratio']:>6.1%} | "
+              f"{am['claim_p50_ms']:>6.2f}/{am['claim_p99_ms']:<7.2f} {am['commit_p50_ms']:>6.2f}/"
+              f"{am['commit_p99_ms']:<8.2f} | {am['client_cpu_ms_per_op']:>9.2f} + {am['etcd_cpu_ms_per_op']:<9.2f} "
+              f"| {am['drain_s']:>7.2f}")
+    print("\n  raw baseline cpu ms/txn (client + etcd): " + ", ".join(
+        f"{row['clients']}c: {row['raw']['client_cpu_ms_per_op']:.2f} + {row['raw']['etcd_cpu_ms_per_op']:.2f}"
+        for row in res["coordination"]))
+    print("  etcd RPCs per committed slice:")
+    for row in res["coordination"]:
+        rpcs = ", ".join(f"{k} {v}" for k, v in row["aimaster"]["rpcs_per_slice"].items())
+        print(f"    {row['clients']:>3} clients: {rpcs}")
+    print(f"\nTargets: ratio >= {TARGET_RATIO:.0%} (ceiling 50%: a slice is >= 2 transactions); "
+          f">= {TARGET_SLICES_32:,.0f} slices/s with 32 clients")
+    for line in res["verdicts"]:
+        print(f"  {line}")
+
+
+def verdicts(res: Dict[str, Any]) -> List[str]:
+    out = []
+    for row in res["coordination"]:
+        ok = row["ratio"] >= TARGET_RATIO
+        out.append(f"{'OK  ' if ok else 'MISS'} ratio {row['ratio']:.1%} with {row['clients']} clients")
+        if row["clients"] == 32:
+            ok = row["aimaster"]["rate"] >= TARGET_SLICES_32
+            out.append(f"{'OK  ' if ok else 'MISS'} {row['aimaster']['rate']:,.0f} slices/s with 32 clients")
+    p = res.get("planning")
+    if p and p["files"] >= 1_000_000:
+        out.append(f"{'OK  ' if p['plan_s'] < TARGET_PLAN_SECONDS else 'MISS'} planning {p['files']:,} files "
+                   f"in {p['plan_s']:.2f} s")
+        out.append(f"{'OK  ' if p['db_mb_after'] < TARGET_PLAN_DB_MB else 'MISS'} etcd db "
+                   f"{p['db_mb_after']:.1f} MB after planning")
+    return out
+
+
+# ---------------------------------------------------------------------------------------- main
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small counts for a CI smoke test (< 30 s)")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    ap.add_argument("--clients", help="comma-separated client process counts (default 1,8,32; quick 1,8)")
+    ap.add_argument("--slices", type=int, help="slices per aimaster phase (default 20000; quick 600)")
+    ap.add_argument("--raw-ops", type=int, help="transactions per raw phase (default 20000; quick 600)")
+    ap.add_argument("--plan-files", type=int, help="files in the planning phase (default 1000000; quick 20000)")
+    ap.add_argument("--no-meta-file", action="store_true", help="skip timing the meta-file listing step")
+    ap.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    args = ap.parse_args(argv)
+
+    quick = args.quick
+    clients = [int(x) for x in (args.clients or ("1,8" if quick else "1,8,32")).split(",") if x.strip()]
+    slices = args.slices or (600 if quick else 20_000)
+    raw_ops = args.raw_ops or (600 if quick else 20_000)
+    plan_files = args.plan_files if args.plan_files is not None else (20_000 if quick else 1_000_000)
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+    from aimaster.data.etcd_server import EmbeddedEtcd
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["aimaster.data.coordinator", "aimaster.data.session", "pyetcd"])
+
+    tmp = tempfile.mkdtemp(prefix="aimaster-bench-")
+    res: Dict[str, Any] = {
+        "mode": "quick" if quick else "full",
+        "command": " ".join(["python", "benchmarks/coordination.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_info(),
+        "params": {"clients": clients, "slices": slices, "raw_ops": raw_ops, "plan_files": plan_files},
+        "coordination": [],
+    }
+    t_all = time.monotonic()
+    etcd = EmbeddedEtcd(data_dir=os.path.join(tmp, "etcd")).start()
+    try:
+        import pyetcd
+
+        probe = pyetcd.client(host="127.0.0.1", port=etcd.client_port, timeout=30)
+        res["etcd_version"] = probe.status().version
+        probe.close()
+        if plan_files > 0:
+            print(f"planning {plan_files:,} files ...", flush=True)
+            res["planning"] = bench_planning(etcd, plan_files, None if args.no_meta_file else tmp)
+        for n in clients:
+            print(f"{n} client(s): raw etcd ...", flush=True)
+            raw = bench_raw(ctx, etcd, n, raw_ops)
+            print(f"{n} client(s): aimaster claim + commit ...", flush=True)
+            am = bench_aimaster(ctx, etcd, n, slices)
+            res["coordination"].append({"clients": n, "raw": raw, "aimaster": am,
+                                        "ratio": round(am["rate"] / raw["rate"], 4)})
+    finally:
+        etcd.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    res["total_s"] = round(time.monotonic() - t_all, 1)
+    res["verdicts"] = verdicts(res)
+    print_report(res)
+    print(f"\ntotal {res['total_s']} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return 1 if args.strict and any(v.startswith("MISS") for v in res["verdicts"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Exactly-once file output in a local directory: stage under a hidden name, publish by rename.
+
+Layout inside the output directory ``D`` (the Parquet directory, or a warehouse table/partition)::
+
+    D/<staging>/<slice>~<attempt>.<pid>-<random>.tmp   being written (never visible to readers)
+    D/<staging>/<slice>~<attempt><suffix>              staged: complete and fsynced, not yet final
+    D/part-<slice><suffix>                             published: the committed attempt's output
+
+Readers ignore the staging directory (a ``_`` or ``.`` prefix, the convention of pyarrow datasets
+and of MaxCompute's local runner), so a half-written or losing attempt is never visible. Publishing
+is one ``rename`` -- atomic on a POSIX filesystem, and idempotent: if the staged file is already
+gone and the final file is there with the staged size, an earlier publish already did it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Iterable, Optional, Set, Tuple
+
+from aimaster.data.outputs import StagedRef
+from aimaster.errors import TableIOError
+
+
+def fsync_dir(path: str) -> None:
+    """Persist a directory entry (a rename or create) -- without it a crash can undo the rename."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStaging:
+    """Stage / publish / discard / clean up files of one output directory."""
+
+    def __init__(self, directory: str, staging_dirname: str, suffix: str):
+        self.directory = directory
+        self.staging_dirname = staging_dirname
+        self.staging = os.path.join(directory, staging_dirname)
+        self.suffix = suffix
+
+    def final_name(self, slice_id: str) -> str:
+        return f"part-{slice_id}{self.suffix}"
+
+    def temp_path(self, slice_id: str, attempt: str) -> str:
+        """A fresh temporary path; unique per writer so two processes never share one."""
+        try:
+            os.makedirs(self.staging, exist_ok=True)
+        except OSError as e:
+            raise TableIOError(f"cannot create staging directory {self.staging}: {e.strerror}")
+        return os.path.join(self.staging, f"{slice_id}~{attempt}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+    def commit(self, temp_path: str, slice_id: str, attempt: str, rows: int) -> StagedRef:
+        """Turn a closed temporary file into the staged file of (slice, attempt), durably."""
+        staged_rel = f"{self.staging_dirname}/{slice_id}~{attempt}{self.suffix}"
+        staged = os.path.join(self.directory, staged_rel)
+        try:
+            fsync_file(temp_path)
+            size = os.path.getsize(temp_path)
+            os.replace(temp_path, staged)
+            fsync_dir(self.staging)
+        except OSError as e:
+            raise TableIOError(f"cannot stage {staged}: {e.strerror or e}")
+        return {"staged": staged_rel, "rows": rows, "bytes": size}
+
+    def publish(self, slice_id: str, ref: StagedRef) -> Optional[str]:
+        """Rename the staged file to the slice's final name (idempotent); returns the final path."""
+        staged_rel = ref.get("staged")
+        if not staged_rel:
+            return None  # nothing was staged (an empty slice whose schema was never known)
+        staged = os.path.join(self.directory, staged_rel)
+        final = os.path.join(self.directory, self.final_name(slice_id))
+        try:
+            os.replace(staged, final)
+        except FileNotFoundError:
+            if os.path.isfile(final) and os.path.getsize(final) == ref.get("bytes"):
+                return final  # published before (by us or by whoever redid the publish)
+            raise TableIOError(f"cannot publish slice {slice_id}: staged file {staged} is gone and "
+                               f"{final} does not hold it")
+        except OSError as e:
+            raise TableIOError(f"cannot publish {staged} as {final}: {e.strerror or e}")
+        fsync_dir(self.directory)
+        return final
+
+    def discard(self, ref: StagedRef) -> None:
+        staged_rel = ref.get("staged")
+        if not staged_rel:
+            return
+        try:
+            os.unlink(os.path.join(self.directory, staged_rel))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise TableIOError(f"cannot discard staged file {staged_rel} in {self.directory}: {e.strerror}")
+
+    @staticmethod
+    def remove_temp(temp_path: str) -> None:
+        try:
+            os.unlink(temp_path)
+        except FileNotFoundError:
+            pass
+
+    def cleanup(self, committed: Iterable[Tuple[str, StagedRef]]) -> None:
+        """At job end: delete leftovers (losers, crashed attempts' temp files) of the job's slices.
+
+        Only files of the given slices are touched, so another writer staging into the same
+        directory (a ``common_io`` TableWriter, say) keeps its files.
+        """
+        slice_ids: Set[str] = {sid for sid, _ in committed}
+        try:
+            names = os.listdir(self.staging)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.split("~", 1)[0] in slice_ids:
+                self.remove_temp(os.path.join(self.staging, name))
+        try:
+            os.rmdir(self.staging)
+        except OSError:
+            pass  # not empty: someone else's files

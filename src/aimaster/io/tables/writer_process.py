@@ -1,0 +1,351 @@
+"""The slice row writer in a child process, so a compute-bound loop overlaps with table writing.
+
+The parent keeps the :class:`~aimaster.io.tables.slice_writer.SliceRowWriter` API and ships rows to a
+spawned child that runs the real one. Design choices, each for a failure it prevents:
+
+* **Two one-way pipes, no shared locks.** A ``multiprocessing.Queue`` shares locks and a feeder
+  thread with the child; a child SIGKILLed at the wrong moment leaves them held and the parent hangs
+  (also at interpreter exit). With plain pipes, a dead child closes its ends, so the parent's next
+  send fails with a broken pipe and its next poll sees EOF: the failure is always noticed.
+* **Bounded by rows, with acknowledgements.** Rows travel in chunks of about ``buffer_size / 4``;
+  the child acknowledges each chunk once it is staged, and the parent never has more than
+  ``buffer_size`` unacknowledged rows in flight. Memory stays bounded and a slow writer slows the
+  producer instead of growing a queue.
+* **Every wait watches the child.** Waiting for an acknowledgement or a staged ref polls with a short
+  timeout and checks that the child is alive, so a crash (even SIGKILL) becomes a
+  :class:`~aimaster.errors.TableIOError` on the next call, never a hang, and rows are never dropped
+  silently: ``finish_slice`` returns a ref only after the child made the slice durable.
+* **Errors keep their type.** A SchemaError found in the child is raised in the parent as a
+  SchemaError, at the parent's next call (writes are asynchronous); the slice is then aborted.
+* **The child ignores SIGINT**: Ctrl-C is the parent's to handle; it closes the writer.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+
+import aimaster.errors as errors_module
+from aimaster.data.outputs import StagedRef
+from aimaster.errors import AimasterError, SchemaError, TableIOError
+from aimaster.io.tables.base import TableSink
+from aimaster.io.tables.rows import normalize_rows
+
+_POLL_S = 0.05
+_START_TIMEOUT_S = 120.0
+_CLOSE_TIMEOUT_S = 30.0
+_MAX_CHUNK_ROWS = 16384
+
+
+def _error_message(exc: BaseException) -> Tuple[str, str]:
+    return type(exc).__name__, str(exc)
+
+
+def _rebuild_error(name: str, message: str) -> BaseException:
+    cls = getattr(errors_module, name, None)
+    if isinstance(cls, type) and issubclass(cls, AimasterError):
+        return cls(message)
+    if name in ("ValueError", "TypeError"):
+        return {"ValueError": ValueError, "TypeError": TypeError}[name](message)
+    return TableIOError(f"table writer subprocess failed: {name}: {message}")
+
+
+def _child_main(description: Mapping[str, Any], filter_value: Any, commands, results) -> None:
+    """The child: a SliceRowWriter driven by the parent's commands.
+
+    Messages to the parent: ``("ack", n)`` for each chunk of rows, ``("error", name, message)`` when
+    a chunk failed (the slice is then aborted), and exactly one ``("reply", ok, value)`` for every
+    other command -- the parent's synchronous calls wait for that reply.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from aimaster.io.tables.slice_writer import SliceRowWriter
+
+    try:
+        writer = SliceRowWriter(description, filter_value)
+        schema = writer.sink.schema
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
+        results.send(("reply", False, _error_message(e)))
+        return
+    results.send(("reply", True, [c.name for c in schema] if schema is not None else None))
+    broken: Optional[Tuple[str, str]] = None
+    try:
+        while True:
+            try:
+                message = commands.recv()
+            except (EOFError, OSError):
+                return  # the parent is gone: nothing of the open slice was committed
+            op = message[0]
+            if op == "rows":
+                if broken is None:
+                    try:
+                        writer.write(message[1], message[2])
+                    except BaseException as e:  # noqa: BLE001
+                        broken = _error_message(e)
+                        writer.abort_slice()
+                        results.send(("error",) + broken)
+                results.send(("ack", len(message[1])))
+            elif op == "begin":
+                broken = None
+                writer.abort_slice()
+                _reply(results, writer.begin_slice, message[1], message[2])
+            elif op == "finish":
+                if broken is not None:
+                    results.send(("reply", False, ("TableIOError", f"slice aborted by an earlier error: {broken[1]}")))
+                    broken = None
+                else:
+                    _reply(results, writer.finish_slice)
+            elif op == "abort":
+                broken = None
+                _reply(results, writer.abort_slice)
+            elif op == "close":
+                writer.close()
+                results.send(("reply", True, None))
+                return
+    finally:
+        writer.close()
+
+
+def _reply(results, func, *args) -> None:
+    try:
+        value = func(*args)
+    except BaseException as e:  # noqa: BLE001
+        results.send(("reply", False, _error_message(e)))
+    else:
+        results.send(("reply", True, value))
+
+
+class SubprocessSliceRowWriter:
+    """:class:`SliceRowWriter`'s API, with the staging done in a spawned child process.
+
+    ``sink`` is a table sink or its ``describe()`` dict; ``buffer_size`` bounds the rows in flight.
+    The constructor waits until the child has opened the sink, so a missing output table fails here.
+    """
+
+    def __init__(self, sink: Union[TableSink, Mapping[str, Any]], buffer_size: int, filter_value: Any = None):
+        if buffer_size <= 0:
+            raise ValueError(f"buffer_size must be positive, got {buffer_size}")
+        self.description = dict(sink.describe() if isinstance(sink, TableSink) else sink)
+        self.buffer_size = int(buffer_size)
+        self.chunk_rows = max(1, min(self.buffer_size // 4, _MAX_CHUNK_ROWS))
+        self._pending: List[Tuple[Any, ...]] = []
+        self._pending_indices: Optional[Tuple[int, ...]] = None
+        self._in_flight: List[int] = []
+        self._error: Optional[BaseException] = None
+        self._dead: Optional[str] = None
+        self._slice: Optional[str] = None
+        self._closed = False
+        ctx = multiprocessing.get_context("spawn")
+        cmd_recv, self._commands = ctx.Pipe(duplex=False)
+        self._results, res_send = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_child_main, name="aimaster-table-writer", daemon=True,
+                                 args=(self.description, filter_value, cmd_recv, res_send))
+        self._proc.start()
+        # Our copies of the child's ends must go, or a dead child would never look dead (EOF/EPIPE).
+        cmd_recv.close()
+        res_send.close()
+        try:
+            self.column_names: Optional[List[str]] = self._reply(timeout=_START_TIMEOUT_S)
+        except BaseException:
+            self._closed = True
+            self._stop()
+            raise
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid
+
+    # --- the SliceRowWriter API ------------------------------------------------------------------
+    def begin_slice(self, slice_id: str, attempt: str) -> None:
+        self._check_usable()
+        if self._slice is not None:
+            raise ValueError(f"slice {self._slice} is still being written; finish_slice() first")
+        self._send(("begin", str(slice_id), str(attempt)))
+        self._reply()
+        self._slice = str(slice_id)
+
+    def write(self, values: Any, col_indices: Optional[Sequence[int]] = None) -> int:
+        """Queue rows for the child; returns how many were queued (filtering happens in the child).
+
+        Shape errors (row length, column index) raise here; type errors are found by the child and
+        raised at the next call.
+        """
+        self._check_usable()
+        if self._slice is None:
+            raise ValueError("write() before begin_slice()")
+        rows = normalize_rows(values)
+        indices = None if col_indices is None else tuple(int(i) for i in col_indices)
+        self._check_shape(rows, indices)
+        if self._pending and indices != self._pending_indices:
+            self._flush()
+        self._pending_indices = indices
+        for row in rows:
+            self._pending.append(tuple(row))
+            if len(self._pending) >= self.chunk_rows:
+                self._flush()
+        return len(rows)
+
+    def finish_slice(self) -> StagedRef:
+        """Flush, and return the staged ref once the child has made the slice durable."""
+        self._check_usable()
+        if self._slice is None:
+            raise ValueError("finish_slice() before begin_slice()")
+        try:
+            self._flush()
+        except SchemaError:
+            self._abort_in_child()
+            raise
+        self._send(("finish",))
+        self._slice = None
+        return self._reply()
+
+    def abort_slice(self) -> None:
+        """Throw away the slice being written."""
+        self._check_usable()
+        self._abort_in_child()
+
+    def close(self) -> None:
+        """Stop the child (an unfinished slice is aborted); raises TableIOError if it had died."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._dead is None:
+                self._send(("close",))
+                self._reply(timeout=_CLOSE_TIMEOUT_S)
+        except (AimasterError, ValueError, TypeError):
+            if self._dead is not None:
+                raise
+        finally:
+            self._stop()
+
+    def __enter__(self) -> SubprocessSliceRowWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- plumbing --------------------------------------------------------------------------------
+    def _stop(self) -> None:
+        self._proc.join(timeout=_CLOSE_TIMEOUT_S if self._dead is None else 1.0)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        self._commands.close()
+        self._results.close()
+
+    def _check_usable(self) -> None:
+        if self._dead is not None:
+            raise TableIOError(self._dead)
+        if self._closed:
+            raise ValueError("the subprocess slice row writer is closed")
+        self._drain()
+        self._raise_stored()
+
+    def _raise_stored(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _abort_in_child(self) -> None:
+        self._pending = []
+        if self._slice is not None:
+            self._slice = None
+            self._send(("abort",))
+            self._reply()
+
+    def _check_shape(self, rows: Sequence[Sequence[Any]], indices: Optional[Tuple[int, ...]]) -> None:
+        """The checks that need no types, done here so that they fail at the offending call."""
+        names = self.column_names
+        url = self.description.get("url", "the output table")
+        if indices is not None and names is not None:
+            for i in indices:
+                if not 0 <= i < len(names):
+                    raise SchemaError(f"column index {i} is out of range for {url}, which has {len(names)} columns")
+        width = len(indices) if indices is not None else (len(names) if names is not None else None)
+        if width is not None:
+            for n, row in enumerate(rows):
+                if len(row) != width:
+                    raise SchemaError(f"row {n} written to {url} has {len(row)} values but {width} "
+                                      "columns are being filled")
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        chunk, self._pending = self._pending, []
+        while self._in_flight and sum(self._in_flight) + len(chunk) > self.buffer_size:
+            self._handle(self._next_message())
+        self._raise_stored()
+        self._send(("rows", chunk, self._pending_indices))
+        self._in_flight.append(len(chunk))
+
+    def _send(self, message: tuple) -> None:
+        try:
+            self._commands.send(message)
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            self._die()
+
+    def _handle(self, message: tuple) -> None:
+        """Account for an acknowledgement, or keep the first asynchronous error for the next call."""
+        if message[0] == "ack":
+            if self._in_flight:
+                self._in_flight.pop(0)
+        elif message[0] == "error" and self._error is None:
+            self._error = _rebuild_error(message[1], message[2])
+
+    def _drain(self) -> None:
+        """Take every message already waiting (acks, asynchronous errors) without blocking."""
+        try:
+            while self._results.poll(0):
+                self._handle(self._results.recv())
+        except (EOFError, OSError):
+            self._die()
+
+    def _next_message(self, timeout: Optional[float] = None) -> tuple:
+        """The child's next message; raises TableIOError when it died or stays silent past timeout."""
+        waited = 0.0
+        while True:
+            try:
+                if self._results.poll(_POLL_S):
+                    return self._results.recv()
+            except (EOFError, OSError):
+                self._die()
+            if not self._proc.is_alive() and not self._results.poll(0):
+                self._die()
+            waited += _POLL_S
+            if timeout is not None and waited >= timeout:
+                raise TableIOError(f"table writer subprocess (pid {self.pid}) did not answer in {timeout:.0f}s")
+
+    def _reply(self, timeout: Optional[float] = None) -> Any:
+        """Wait for the reply to the last synchronous command; the root-cause error wins."""
+        while True:
+            message = self._next_message(timeout)
+            if message[0] != "reply":
+                self._handle(message)
+                continue
+            _, ok, value = message
+            if ok:
+                self._raise_stored()
+                return value
+            error = self._error or _rebuild_error(*value)
+            self._error = None
+            raise error
+
+    def _death_message(self) -> str:
+        code = self._proc.exitcode
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        where = f" while writing slice {self._slice}" if self._slice else ""
+        return (f"table writer subprocess (pid {self.pid}) {how}{where}; "
+                "rows not yet returned in a staged ref were not written")
+
+    def _die(self) -> None:
+        if self._dead is None:
+            self._proc.join(timeout=1.0)
+            self._dead = self._death_message()
+        raise TableIOError(self._dead)
