@@ -8,11 +8,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from helpers import (aimaster_cmd, assert_exactly_once, clean_env, make_files, program, read_outputs,
-                     run_aimaster, wait_for)
+from helpers import (
+    aimaster_cmd,
+    assert_exactly_once,
+    clean_env,
+    make_files,
+    program,
+    read_outputs,
+    run_aimaster,
+    wait_for,
+)
 
 
 def _run_files_job(tmp_path, n_files, workers, slice_size, job_id="job1", env=None, extra=()):

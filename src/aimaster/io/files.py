@@ -83,7 +83,8 @@ def list_input_files(input_dir: str) -> Tuple[str, List[str]]:
     names.sort()
     if not names:
         raise EmptyInputError(f"input directory {input_dir} contains no files")
-    return display(fs, root), names
+    # URLs keep the user's spelling (memory://data, not fsspec's canonical memory:///data).
+    return (input_dir.rstrip("/") if is_url(input_dir) else display(fs, root)), names
 
 
 def _field(meta: Mapping[str, Any], name: str) -> Any:
@@ -124,7 +125,7 @@ def read_meta_file(meta_path: str, input_dir: str) -> Tuple[str, List[str]]:
     if not isinstance(file_dir, str) or not file_dir:
         raise MetaFileError(f"meta file {meta_path}: FileDir must be a directory path")
     dfs, root = resolve(file_dir)
-    return display(dfs, root), list(files)
+    return (file_dir.rstrip("/") if is_url(file_dir) else display(dfs, root)), list(files)
 
 
 def join(base: str, rel: str) -> str:
@@ -173,17 +174,22 @@ class FileSink(OutputSink):
             self.fs.makedirs(parent, exist_ok=True)
         if self.local:
             os.replace(src, dst)
-            self._prune(posixpath.dirname(src))
         else:
             self.fs.mv(src, dst)
+        self._prune(posixpath.dirname(src))
 
     def _prune(self, directory: str) -> None:
-        """Remove now-empty staging directories up to the output directory (local file systems)."""
+        """Remove now-empty staging directories up to the output directory."""
         stop = self.root
         while directory.startswith(stop + "/") and directory != stop:
             try:
-                os.rmdir(directory)
-            except OSError:
+                if self.local:
+                    os.rmdir(directory)
+                elif self.fs.exists(directory) and not self.fs.ls(directory, detail=False):
+                    self.fs.rmdir(directory)
+                else:
+                    return
+            except (OSError, NotImplementedError):
                 return
             directory = posixpath.dirname(directory)
 
@@ -193,9 +199,9 @@ class FileSink(OutputSink):
         try:
             if self.local:
                 shutil.rmtree(attempt_dir, ignore_errors=True)
-                self._prune(posixpath.dirname(attempt_dir))
             elif self.fs.exists(attempt_dir):
                 self.fs.rm(attempt_dir, recursive=True)
+            self._prune(posixpath.dirname(attempt_dir))
         except OSError:
             pass
 
