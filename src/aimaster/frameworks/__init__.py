@@ -1,0 +1,1 @@
+"""Framework adapters (PyTorch, TensorFlow). Each imports its framework lazily."""

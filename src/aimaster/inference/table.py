@@ -1,0 +1,233 @@
+"""``MaxComputeTableConfig`` / ``MaxComputeTableClient``: the seed's table API over etcd slices.
+
+A slice is a row range of the input table. ``get_next_slice()`` returns the table URL with
+``?start=&end=``; fetching the next slice first commits the previous one, after the table writer's
+rows for it are durable (staged), so the commit records exactly the rows written for that slice.
+The output table is an :class:`~aimaster.io.tables.TableSink` shared by every worker of the job:
+its description (for MaxCompute: the upload session ids) is agreed on through etcd once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+from aimaster.data.coordinator import Claim, Dataset, PlanData
+from aimaster.data.runtime import current_session
+from aimaster.data.store import dumps
+from aimaster.errors import ConfigError
+from aimaster.io import files
+from aimaster.io.tables import (SliceRowWriter, SubprocessSliceRowWriter, open_table_sink, open_table_source,
+                                parse_table_url)
+from aimaster.io.tables.slice_writer import as_sink
+
+
+class MaxComputeTableConfig:
+    """The input table, the slice size in rows, and the optional output table."""
+
+    def __init__(self, input_table, slice_size=4096, output_table=None):
+        if not isinstance(input_table, str) or not input_table:
+            raise ConfigError(f"input_table must be a table URL, got {input_table!r}")
+        if not isinstance(slice_size, int) or isinstance(slice_size, bool) or slice_size <= 0:
+            raise ConfigError(f"slice_size must be a positive integer, got {slice_size!r}")
+        if output_table is not None and (not isinstance(output_table, str) or not output_table):
+            raise ConfigError(f"output_table must be a table URL, got {output_table!r}")
+        self.input_table = input_table
+        self.slice_size = slice_size
+        self.output_table = output_table
+
+    def __repr__(self) -> str:
+        return (f"MaxComputeTableConfig(input_table={self.input_table!r}, slice_size={self.slice_size}, "
+                f"output_table={self.output_table!r})")
+
+
+def attempt_ordinal(claim: Claim) -> str:
+    """A small decimal number unique among a slice's attempts (MaxCompute block ids derive from it)."""
+    return str(2 * (claim.attempt_no - 1) + (1 if getattr(claim, "backup", False) else 0))
+
+
+class MaxComputeTableClient:
+    """Hands out row-range slices of a table; see CONTRACT.md section 2 "Tables"."""
+
+    def __init__(self, config: MaxComputeTableConfig):
+        self.config = config
+        self._url, start, end = parse_table_url(config.input_table)
+        self._offset = start or 0
+        self._limit = end
+        self._session = current_session()
+        key = files.dataset_key("table", self._url, str(start), str(end))
+        self._dataset = Dataset(self._session, "t-" + key)
+        self._dataset.ensure_plan(self._plan, config.slice_size)
+        self._sink = None
+        self._held: Dict[str, Claim] = {}
+        self._current: Optional[str] = None
+        self._writers: list = []
+
+    def _plan(self) -> PlanData:
+        with open_table_source(self._url) as source:
+            total = source.row_count()
+        end = total if self._limit is None else min(self._limit, total)
+        rows = max(0, end - self._offset)
+        if rows == 0:
+            from aimaster.errors import EmptyInputError
+
+            raise EmptyInputError(f"input table {self.config.input_table} has no rows")
+        return PlanData("table", rows, {"url": self._url, "offset": self._offset})
+
+    # ------------------------------------------------------------------ slices
+    def slice_path(self, claim: Claim) -> str:
+        lo, hi = self._dataset.item_range(claim.index)
+        return f"{self._url}?start={self._offset + lo}&end={self._offset + hi}"
+
+    def get_next_slice(self) -> str:
+        """Commit the current slice (after flushing its rows), claim the next; its table path.
+
+        Raises ``aimaster.data.OutOfRangeException`` when every slice is done.
+        """
+        if self._current is not None and self._current in self._held:
+            self.commit_slice(self._current)
+        claim = self._dataset.next_claim()
+        lo, hi = self._dataset.item_range(claim.index)
+        claim.items = hi - lo
+        self._held[claim.slice_id] = claim
+        self._current = claim.slice_id
+        for w in self._writers:
+            w._begin(claim)
+        return self.slice_path(claim)
+
+    def get_slice_id(self) -> Optional[str]:
+        return self._current
+
+    def commit_slice(self, slice_id: Optional[str] = None) -> bool:
+        """Commit a slice (default: the current one) with the rows written for it; True if ours won."""
+        sid = self._current if slice_id is None else str(slice_id)
+        claim = self._held.pop(sid, None) if sid is not None else None
+        if claim is None:
+            raise ConfigError(f"slice {sid!r} is not held by this worker (already committed, or never claimed)")
+        for w in self._writers:
+            w._finish(claim)
+        return self._dataset.commit(claim)
+
+    # ------------------------------------------------------------------ outputs
+    def output_sink(self):
+        """The job's shared output sink (created once, by whichever worker gets there first)."""
+        if self._sink is None:
+            if not self.config.output_table:
+                raise ConfigError("create_table_writer needs MaxComputeTableConfig(output_table=...)")
+            st, tx = self._session.store, self._session.store.tx
+            key = self._dataset.k.base + "sink"
+            existing = st.get_value(key)
+            if existing is None:
+                sink = open_table_sink(self.config.output_table, **self._sink_options())
+                ok, resp = st.txn("share output sink", [tx.version(st.key(key)) == 0],
+                                  [tx.put(st.key(key), dumps(sink.describe()))], [tx.get(st.key(key))])
+                if ok:
+                    self._sink = sink
+                    return sink
+                existing = st.get_value(key)
+            self._sink = as_sink(existing)
+        return self._sink
+
+    def _sink_options(self) -> Dict[str, Any]:
+        from aimaster.io.tables.urls import backend_name
+
+        if backend_name(parse_table_url(self.config.output_table)[0]) == "odps":
+            return {"slice_count": self._dataset.num_slices}
+        return {}
+
+    def create_table_writer(self, buffer_size=0, filter_value=None) -> "TableWriter":
+        """A writer for the output table: ``write(values, col_indices)``, ``close()``.
+
+        ``buffer_size > 0`` writes in a child process through a queue of that many rows.
+        """
+        if not isinstance(buffer_size, int) or buffer_size < 0:
+            raise ConfigError(f"buffer_size must be a non-negative integer, got {buffer_size!r}")
+        sink = self.output_sink()
+        if buffer_size > 0:
+            inner = SubprocessSliceRowWriter(sink.describe(), buffer_size, filter_value)
+        else:
+            inner = SliceRowWriter(sink, filter_value)
+        writer = TableWriter(self, sink, inner)
+        self._writers.append(writer)
+        if self._current is not None and self._current in self._held:
+            writer._begin(self._held[self._current])
+        return writer
+
+    # ------------------------------------------------------------------ datasets
+    def create_torch_dataset(self, table_path=None, batch_size=1, selected_cols=None, excluded_cols=None,
+                             num_threads=1, capacity=1024, transform_fn: Optional[Callable] = None):
+        """A PyTorch IterableDataset: each item is ``common_io``'s ``read(batch_size)`` of the slice.
+
+        With ``table_path`` it reads that slice; under a DataLoader with workers, the slice's rows are
+        split among them. With ``table_path=None`` it walks every slice of the job, claiming lazily.
+        """
+        from aimaster.frameworks.torch_table import TableSliceDataset
+
+        return TableSliceDataset(self, table_path, batch_size, selected_cols, excluded_cols, num_threads,
+                                 capacity, transform_fn)
+
+    def create_tf_dataset(self, record_defaults, selected_cols=None, excluded_cols=None, num_threads=1,
+                          capacity=1024):
+        """``(dataset, table_path_placeholder)`` in TF1 graph mode; a ``tf.data.Dataset`` in eager mode."""
+        from aimaster.frameworks.tf_table import create_tf_dataset
+
+        return create_tf_dataset(self, record_defaults, selected_cols, excluded_cols, num_threads, capacity)
+
+    @property
+    def dataset(self) -> Dataset:
+        return self._dataset
+
+
+class TableWriter:
+    """The SDK's table writer: rows go to the current slice's staged output."""
+
+    def __init__(self, client: MaxComputeTableClient, sink, inner):
+        self._client = client
+        self._sink = sink
+        self._inner = inner
+        self._slice: Optional[str] = None
+        self._closed = False
+
+    def _begin(self, claim: Claim) -> None:
+        if self._slice is not None:
+            self._inner.abort_slice()
+        self._inner.begin_slice(claim.slice_id, attempt_ordinal(claim))
+        self._slice = claim.slice_id
+
+    def _finish(self, claim: Claim) -> None:
+        if self._slice != claim.slice_id:
+            return
+        ref = self._inner.finish_slice()
+        self._slice = None
+        claim.add_output(self._sink, ref)
+
+    def write(self, values, col_indices=None) -> None:
+        """Write rows (a list of tuples, or columns as returned by a TF session) for the current slice."""
+        if self._closed:
+            raise ConfigError("write() on a closed table writer")
+        if self._slice is None:
+            raise ConfigError("write() before get_next_slice(): there is no slice to write rows for")
+        self._inner.write(values, col_indices)
+
+    def close(self) -> None:
+        """Flush and commit the last slice, then release the writer."""
+        if self._closed:
+            return
+        client = self._client
+        try:
+            if self._slice is not None and self._slice in client._held:
+                client.commit_slice(self._slice)
+        finally:
+            self._closed = True
+            if self in client._writers:
+                client._writers.remove(self)
+            self._inner.close()
+
+    def __enter__(self) -> "TableWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._closed = True
+            self._inner.close()
