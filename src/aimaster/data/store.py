@@ -26,7 +26,7 @@ import pyetcd
 import pyetcd.exceptions as etcd_exc
 from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 
-from aimaster.errors import ConfigError, EtcdDataError, EtcdUnavailableError
+from aimaster.errors import ConfigError, CredentialsError, EtcdDataError, EtcdUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -204,11 +204,12 @@ class Store:
                 err = e
             except grpc.RpcError as e:
                 code = e.code() if hasattr(e, "code") else None
-                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                    raise EtcdUnavailableError(
-                        f"etcd at {','.join(self.cfg.endpoints)} refused the credentials: "
-                        f"{e.details() if hasattr(e, 'details') else e}"
-                    )
+                details = e.details() if hasattr(e, "details") else str(e)
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or \
+                        "authentication failed" in (details or ""):
+                    who = f" for user {self.cfg.user}" if self.cfg.user else " (no --etcd-user given)"
+                    raise CredentialsError(
+                        f"etcd at {','.join(self.cfg.endpoints)} refused the credentials{who}: {details}")
                 if code not in _RETRY_CODES:
                     raise  # NOT_FOUND (an expired lease), INVALID_ARGUMENT...: retrying cannot help
                 err = e
