@@ -42,7 +42,6 @@ from odps.tunnel.checksum import Checksum
 from odps.tunnel.io.reader import TunnelRecordReader
 from odps.tunnel.io.types import odps_schema_to_arrow_schema
 
-SERVICE_ENDPOINT = "http://service.fake-odps.test/api"
 TUNNEL_HOST = "tunnel.fake-odps.test"
 CHUNK_SIZE = 256  # small, so that even tiny tables exercise multi-chunk framing
 
@@ -171,10 +170,10 @@ class FakeMaxCompute:
             self._maybe_fail("meta")
             table = self._table(r.path)
             xml = (
-                '<?xml version="1.0" encoding="UTF-8"?><Table><Name>{name}</Name>'
-                "<TableId>tid-{name}</TableId><Owner>ALIYUN$test</Owner>"
-                "<Schema><![CDATA[{schema}]]></Schema></Table>"
-            ).format(name=escape(table.name), schema=json.dumps(table.schema_json()))
+                f'<?xml version="1.0" encoding="UTF-8"?><Table><Name>{escape(table.name)}</Name>'
+                f"<TableId>tid-{escape(table.name)}</TableId><Owner>ALIYUN$test</Owner>"
+                f"<Schema><![CDATA[{json.dumps(table.schema_json())}]]></Schema></Table>"
+            )
             return _response(req, 200, xml, "application/xml")
         return _response(req, 404, json.dumps({"Code": "NoSuchObject", "Message": f"no {r.path}"}),
                          "application/json")

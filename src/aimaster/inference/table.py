@@ -16,8 +16,13 @@ from aimaster.data.runtime import current_session
 from aimaster.data.store import dumps
 from aimaster.errors import ConfigError
 from aimaster.io import files
-from aimaster.io.tables import (SliceRowWriter, SubprocessSliceRowWriter, open_table_sink, open_table_source,
-                                parse_table_url)
+from aimaster.io.tables import (
+    SliceRowWriter,
+    SubprocessSliceRowWriter,
+    open_table_sink,
+    open_table_source,
+    parse_table_url,
+)
 from aimaster.io.tables.slice_writer import as_sink
 
 
@@ -131,10 +136,12 @@ class MaxComputeTableClient:
         from aimaster.io.tables.urls import backend_name
 
         if backend_name(parse_table_url(self.config.output_table)[0]) == "odps":
-            return {"slice_count": self._dataset.num_slices}
+            # Block ids come from (slice, attempt ordinal): room for every attempt and its backup.
+            return {"slice_count": self._dataset.num_slices,
+                    "attempts_per_slice": 2 * max(1, self._dataset.max_attempts)}
         return {}
 
-    def create_table_writer(self, buffer_size=0, filter_value=None) -> "TableWriter":
+    def create_table_writer(self, buffer_size=0, filter_value=None) -> TableWriter:
         """A writer for the output table: ``write(values, col_indices)``, ``close()``.
 
         ``buffer_size > 0`` writes in a child process through a queue of that many rows.
@@ -222,7 +229,7 @@ class TableWriter:
                 client._writers.remove(self)
             self._inner.close()
 
-    def __enter__(self) -> "TableWriter":
+    def __enter__(self) -> TableWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from aimaster.data.outputs import OutputSink, StagedRef
 from aimaster.errors import SchemaError
-from aimaster.io.tables.rows import batch_to_rows, rows_to_table
+from aimaster.io.tables.rows import batch_to_rows, normalize_rows, rows_to_table
 from aimaster.io.tables.types import Column
 
 DEFAULT_BATCH_ROWS = 8192
@@ -72,10 +72,18 @@ class TableSource(abc.ABC):
 
     def read(self, start: int = 0, end: Optional[int] = None, columns: Optional[Sequence[str]] = None,
              batch_rows: int = DEFAULT_BATCH_ROWS, strings_as_bytes: bool = False) -> Iterator[List[tuple]]:
-        """Rows ``[start, end)`` as lists of at most ``batch_rows`` tuples of Python values."""
+        """Rows ``[start, end)`` as lists of at most ``batch_rows`` tuples of Python values.
+
+        Arguments are checked here, at the call (an unknown column raises now, not at the first
+        ``next``); rows are then read lazily.
+        """
         if batch_rows <= 0:
             raise ValueError(f"batch_rows must be positive, got {batch_rows}")
-        for batch in self.read_arrow(start, end, columns):
+        return self._rows(self.read_arrow(start, end, columns), batch_rows, strings_as_bytes)
+
+    @staticmethod
+    def _rows(batches: Iterator[pa.RecordBatch], batch_rows: int, strings_as_bytes: bool) -> Iterator[List[tuple]]:
+        for batch in batches:
             for offset in range(0, batch.num_rows, batch_rows):
                 rows = batch_to_rows(batch.slice(offset, batch_rows), strings_as_bytes)
                 if rows:
@@ -130,7 +138,10 @@ class StageWriter(abc.ABC):
         """
         if self.closed:
             raise ValueError(f"stage of slice {self.slice_id} attempt {self.attempt} is closed")
+        rows = normalize_rows(rows)
         schema = self.sink.schema_for_write(rows, col_indices)
+        if schema is None:
+            return 0  # a schema-less sink and no rows: nothing to check, nothing to write
         table = rows_to_table(rows, col_indices, schema, self.sink.url)
         if table.num_rows:
             self._write_table(table)
@@ -160,9 +171,10 @@ class TableSink(OutputSink):
     def schema(self) -> Optional[List[Column]]:
         """The output table's columns (None while a Parquet sink's schema is still unknown)."""
 
-    def schema_for_write(self, rows: Sequence[Sequence[Any]], col_indices: Optional[Sequence[int]]) -> List[Column]:
+    def schema_for_write(self, rows: Sequence[Sequence[Any]],
+                         col_indices: Optional[Sequence[int]]) -> Optional[List[Column]]:
         """The schema ``rows`` are checked against; sinks that learn their schema from the first
-        write override this."""
+        write override this (and may answer None for an empty write before they know it)."""
         schema = self.schema
         if schema is None:
             raise SchemaError(f"output table {self.url} has no schema")

@@ -20,6 +20,7 @@ from typing import Iterable, Optional, Set, Tuple
 
 from aimaster.data.outputs import StagedRef
 from aimaster.errors import TableIOError
+from aimaster.io.tables.base import TableSink
 
 
 def fsync_dir(path: str) -> None:
@@ -77,12 +78,22 @@ class LocalStaging:
             raise TableIOError(f"cannot stage {staged}: {e.strerror or e}")
         return {"staged": staged_rel, "rows": rows, "bytes": size}
 
-    def publish(self, slice_id: str, ref: StagedRef) -> Optional[str]:
-        """Rename the staged file to the slice's final name (idempotent); returns the final path."""
+    def _staged_path(self, ref: StagedRef) -> Optional[str]:
+        """The staged file a ref names -- only ever a file of our staging directory: refs come back
+        from etcd, and a tampered one must not make publish rename an arbitrary file."""
         staged_rel = ref.get("staged")
         if not staged_rel:
             return None  # nothing was staged (an empty slice whose schema was never known)
-        staged = os.path.join(self.directory, staged_rel)
+        head, _, name = str(staged_rel).partition("/")
+        if head != self.staging_dirname or not name or "/" in name or name.startswith("."):
+            raise TableIOError(f"staged ref {dict(ref)!r} does not name a file of {self.staging}")
+        return os.path.join(self.staging, name)
+
+    def publish(self, slice_id: str, ref: StagedRef) -> Optional[str]:
+        """Rename the staged file to the slice's final name (idempotent); returns the final path."""
+        staged = self._staged_path(ref)
+        if staged is None:
+            return None
         final = os.path.join(self.directory, self.final_name(slice_id))
         try:
             os.replace(staged, final)
@@ -97,15 +108,15 @@ class LocalStaging:
         return final
 
     def discard(self, ref: StagedRef) -> None:
-        staged_rel = ref.get("staged")
-        if not staged_rel:
+        staged = self._staged_path(ref)
+        if staged is None:
             return
         try:
-            os.unlink(os.path.join(self.directory, staged_rel))
+            os.unlink(staged)
         except FileNotFoundError:
             pass
         except OSError as e:
-            raise TableIOError(f"cannot discard staged file {staged_rel} in {self.directory}: {e.strerror}")
+            raise TableIOError(f"cannot discard staged file {staged}: {e.strerror}")
 
     @staticmethod
     def remove_temp(temp_path: str) -> None:
@@ -132,3 +143,18 @@ class LocalStaging:
             os.rmdir(self.staging)
         except OSError:
             pass  # not empty: someone else's files
+
+
+class LocalFileSink(TableSink):
+    """A table sink whose slice outputs are files of one directory, staged in ``self.staging``."""
+
+    staging: LocalStaging
+
+    def publish(self, slice_id: str, staged: StagedRef) -> None:
+        self.staging.publish(slice_id, staged)
+
+    def discard(self, staged: StagedRef) -> None:
+        self.staging.discard(staged)
+
+    def finalize(self, committed: Iterable[Tuple[str, StagedRef]]) -> None:
+        self.staging.cleanup(committed)

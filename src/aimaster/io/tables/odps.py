@@ -156,7 +156,9 @@ def odps_entry(project: str):
         entry = _ENTRIES.get(key)
         if entry is None:
             odps = _pyodps()
-            kwargs: Dict[str, Any] = {"project": project, "endpoint": creds.endpoint}
+            # overwrite_global=False: pyodps would otherwise make this entry the process-wide default,
+            # clobbering whatever the user's own code configured.
+            kwargs: Dict[str, Any] = {"project": project, "endpoint": creds.endpoint, "overwrite_global": False}
             if creds.tunnel_endpoint:
                 kwargs["tunnel_endpoint"] = creds.tunnel_endpoint
             with translated_errors(f"odps://{project}", "connecting to"):
@@ -230,14 +232,47 @@ def _check_partition(name: OdpsTableName) -> None:
 # --- reading ---------------------------------------------------------------------------------------
 
 
+_SESSION_REUSE_S = 12 * 3600  # download sessions live 24 h on the server
+_DOWNLOADS: Dict[Tuple[Credentials, str], Tuple[float, Any]] = {}
+_DOWNLOADS_LOCK = threading.Lock()
+
+
+def clear_caches() -> None:
+    """Forget cached pyodps entries and download sessions (tests; credential rotation)."""
+    with _ENTRIES_LOCK:
+        _ENTRIES.clear()
+    with _DOWNLOADS_LOCK:
+        _DOWNLOADS.clear()
+
+
 class MaxComputeSource(TableSource):
-    """A MaxCompute table or partition, read through one tunnel download session."""
+    """A MaxCompute table or partition, read through one tunnel download session.
+
+    Sessions are shared: within a process, opening the same URL again reuses the session (a
+    ``common_io`` reader per slice would otherwise create one session per slice); across processes,
+    ``describe()`` carries its id.
+    """
 
     backend = "odps"
 
     def __init__(self, url: str, download_id: Optional[str] = None):
         self.name = parse_odps_url(url)
         self.url = self.name.url
+        key = (load_credentials(), self.url)
+        with _DOWNLOADS_LOCK:
+            cached = _DOWNLOADS.get(key)
+        if cached is not None and time.monotonic() - cached[0] < _SESSION_REUSE_S and (
+            download_id is None or cached[1].id == download_id
+        ):
+            session = cached[1]
+        else:
+            session = self._open_session(download_id)
+            with _DOWNLOADS_LOCK:
+                _DOWNLOADS[key] = (time.monotonic(), session)
+        self.session = session
+        self.schema = _columns_of(session.schema)
+
+    def _open_session(self, download_id: Optional[str]):
         tunnel = _tunnel(self.name)
         spec = self.name.partition_spec or None
         session = None
@@ -255,8 +290,7 @@ class MaxComputeSource(TableSource):
             except (InputNotFoundError, TableIOError):
                 _check_partition(self.name)
                 raise
-        self.session = session
-        self.schema = _columns_of(session.schema)
+        return session
 
     @property
     def download_id(self) -> str:
@@ -421,25 +455,30 @@ class MaxComputeSink(TableSink):
         finally:
             writer.close()
 
+    def _check_ref(self, staged: StagedRef) -> Tuple[str, int]:
+        block = staged.get("block")
+        if staged.get("session") not in self.session_ids or not isinstance(block, int) or not 0 <= block < MAX_BLOCKS:
+            raise TableIOError(f"staged ref {dict(staged)!r} names no block of the upload sessions of {self.url}")
+        return staged["session"], block
+
     def publish(self, slice_id: str, staged: StagedRef) -> None:
         """Nothing to do per slice: committed blocks become visible when :meth:`finalize` commits."""
-        if staged.get("session") not in self.session_ids:
-            raise TableIOError(f"staged ref {staged!r} does not belong to the upload sessions of {self.url}")
+        self._check_ref(staged)
 
     def discard(self, staged: StagedRef) -> None:
         """Empty the block: a session's commit takes every block it holds, losers' included."""
-        session = self._session(staged["session"], reload=True)
+        session_id, block = self._check_ref(staged)
+        session = self._session(session_id, reload=True)
         if session.status != type(session).Status.Normal:
             return  # already committed or gone: nothing to take back
-        self.upload_block(staged["session"], int(staged["block"]), [])
+        self.upload_block(session_id, block, [])
 
     def finalize(self, committed: Iterable[Tuple[str, StagedRef]]) -> None:
         """Commit each upload session once, holding exactly the committed blocks' rows."""
         wanted: Dict[str, set] = {sid: set() for sid in self.session_ids}
-        for slice_id, ref in committed:
-            if ref.get("session") not in wanted:
-                raise TableIOError(f"slice {slice_id}'s ref {ref!r} names no upload session of {self.url}")
-            wanted[ref["session"]].add(int(ref["block"]))
+        for _slice_id, ref in committed:
+            session_id, block = self._check_ref(ref)
+            wanted[session_id].add(block)
         for session_id, blocks in wanted.items():
             session = self._session(session_id, reload=True)
             status = type(session).Status

@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 
 from aimaster.data.outputs import StagedRef, register_sink
 from aimaster.errors import EmptyInputError, InputNotFoundError, SchemaError, TableIOError, UrlError
-from aimaster.io.tables.base import StageWriter, TableSink, TableSource
-from aimaster.io.tables.localfs import LocalStaging, fsync_dir
-from aimaster.io.tables.rows import check_col_indices, normalize_rows
+from aimaster.io.tables.base import StageWriter, TableSource
+from aimaster.io.tables.localfs import LocalFileSink, LocalStaging, fsync_dir
+from aimaster.io.tables.rows import check_col_indices
 from aimaster.io.tables.types import Column, ColumnsLike, arrow_type, format_columns, parse_columns, type_name_of
 from aimaster.io.tables.urls import local_path
 
@@ -104,9 +104,18 @@ class ParquetSource(TableSource):
         pos = starts[g0]
         try:
             pf = pq.ParquetFile(self.files[i], metadata=self._meta[i])
+        except (OSError, pa.ArrowException) as e:
+            raise TableIOError(f"cannot read Parquet file {self.files[i]}: {e}")
+        try:
             batches = pf.iter_batches(batch_size=_READ_BATCH_ROWS, row_groups=list(range(g0, g1)),
                                       columns=unique, use_threads=True)
-            for batch in batches:
+            while pos < hi:
+                try:
+                    batch = next(batches, None)
+                except (OSError, pa.ArrowException) as e:
+                    raise TableIOError(f"cannot read Parquet file {self.files[i]}: {e}")
+                if batch is None:
+                    break
                 n = batch.num_rows
                 a, b = max(lo - pos, 0), min(hi - pos, n)
                 pos += n
@@ -114,11 +123,8 @@ class ParquetSource(TableSource):
                     if a > 0 or b < n:
                         batch = batch.slice(a, b - a)
                     yield pa.RecordBatch.from_arrays([batch.column(name) for name in names], names=names)
-                if pos >= hi:
-                    break
+        finally:
             pf.close()
-        except (OSError, pa.ArrowException) as e:
-            raise TableIOError(f"cannot read Parquet file {self.files[i]}: {e}")
 
 
 def _brief(schema: pa.Schema) -> str:
@@ -129,7 +135,7 @@ def _brief(schema: pa.Schema) -> str:
 
 
 @register_sink
-class ParquetSink(TableSink):
+class ParquetSink(LocalFileSink):
     """A directory receiving one ``part-<slice_id>.parquet`` per committed slice.
 
     The schema is the explicit one, else the one recorded in ``_aimaster_schema.json`` by an earlier
@@ -163,9 +169,11 @@ class ParquetSink(TableSink):
                 "schema": format_columns(schema) if schema is not None else None,
                 "row_group_rows": self.row_group_rows}
 
-    def schema_for_write(self, rows, col_indices) -> List[Column]:
+    def schema_for_write(self, rows, col_indices) -> Optional[List[Column]]:
         if self.schema is None:
-            self._schema = _infer_schema(normalize_rows(rows), col_indices, self.url)
+            if not rows:
+                return None  # an empty write (all rows filtered out, say) teaches nothing
+            self._schema = _infer_schema(rows, col_indices, self.url)
         if not self._schema_recorded:
             self._record_schema(self._schema)
         return self._schema
@@ -209,24 +217,15 @@ class ParquetSink(TableSink):
     def open_stage(self, slice_id: str, attempt: str) -> StageWriter:
         return _ParquetStage(self, slice_id, attempt)
 
-    def publish(self, slice_id: str, staged: StagedRef) -> None:
-        self.staging.publish(slice_id, staged)
-
-    def discard(self, staged: StagedRef) -> None:
-        self.staging.discard(staged)
-
-    def finalize(self, committed) -> None:
-        self.staging.cleanup(committed)
-
 
 def _infer_schema(rows: Sequence[Sequence[Any]], col_indices, url: str) -> List[Column]:
     if not rows:
         raise SchemaError(f"cannot infer the schema of Parquet output {url} from zero rows: pass schema=")
     width = len(col_indices) if col_indices is not None else len(rows[0])
+    if col_indices is not None and sorted(int(i) for i in col_indices) != list(range(width)):
+        raise SchemaError(f"cannot infer the schema of Parquet output {url} from col_indices "
+                          f"{list(col_indices)} (they must be a permutation of 0..n-1): pass schema=")
     indices = check_col_indices(col_indices, [Column(f"_c{j}", "STRING") for j in range(width)], url)
-    if sorted(indices) != list(range(width)):
-        raise SchemaError(f"cannot infer the schema of Parquet output {url} from col_indices {indices}: "
-                          "pass schema=")
     columns: List[Optional[Column]] = [None] * width
     for pos, j in enumerate(indices):
         values = [r[pos] if len(r) > pos else None for r in rows]

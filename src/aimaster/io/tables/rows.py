@@ -79,6 +79,10 @@ def rows_to_table(
     indices = check_col_indices(col_indices, schema, table)
     rows = normalize_rows(rows)
     n = len(rows)
+    for i, row in enumerate(rows):
+        if isinstance(row, (str, bytes)) or not hasattr(row, "__len__"):
+            raise SchemaError(f"row {i} written to {table} is a {type(row).__name__}, not a tuple of values "
+                              "(write a list of row tuples)")
     lengths = set(map(len, rows))
     if lengths and lengths != {len(indices)}:
         bad = next(i for i, r in enumerate(rows) if len(r) != len(indices))

@@ -153,6 +153,10 @@ def python_type_of(type_name: str) -> type:
         return bytes
     if type_name.startswith("DECIMAL"):
         return decimal.Decimal
+    if type_name.startswith("ARRAY"):
+        return list
+    if type_name.startswith(("MAP", "STRUCT")):
+        return dict
     return str
 
 

@@ -33,8 +33,8 @@ import pyarrow.csv as pcsv
 
 from aimaster.data.outputs import StagedRef, register_sink
 from aimaster.errors import ConfigError, InputNotFoundError, SchemaError, TableIOError, UrlError
-from aimaster.io.tables.base import StageWriter, TableSink, TableSource
-from aimaster.io.tables.localfs import LocalStaging, fsync_dir
+from aimaster.io.tables.base import StageWriter, TableSource
+from aimaster.io.tables.localfs import LocalFileSink, LocalStaging, fsync_dir
 from aimaster.io.tables.rows import rows_to_table
 from aimaster.io.tables.types import Column, ColumnsLike, arrow_type, format_columns, parse_columns
 from aimaster.io.tables.urls import WAREHOUSE_ENV, OdpsTableName, parse_odps_url
@@ -160,9 +160,11 @@ def count_rows(path: str, columns: List[Column]) -> int:
 
 
 def _decode_datetime(arr: pa.ChunkedArray) -> pa.Array:
-    fixed = pc.replace_substring_regex(arr, pattern=r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (\d{1,3})$",
-                                       replacement=r"\1.\2")
-    return fixed.cast(pa.timestamp("us"))
+    """``yyyy-MM-dd HH:mm:ss SSS`` (SSS: milliseconds as an integer) -> an ISO string -> timestamp."""
+    for digits, pad in ((3, ""), (2, "0"), (1, "00")):
+        arr = pc.replace_substring_regex(arr, pattern=rf"^(\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d) (\d{{{digits}}})$",
+                                         replacement=rf"\1.{pad}\2")
+    return arr.cast(pa.timestamp("us"))
 
 
 def _decode_binary(arr: pa.ChunkedArray) -> pa.Array:
@@ -275,7 +277,7 @@ def encode_csv(table: pa.Table, columns: Sequence[Column]) -> bytes:
 
 
 @register_sink
-class WarehouseSink(TableSink):
+class WarehouseSink(LocalFileSink):
     """A warehouse table (partition) receiving one ``part-<slice_id>.csv`` per committed slice.
 
     The table must exist (its ``__schema__``); a partition directory is created when missing, like
@@ -298,15 +300,6 @@ class WarehouseSink(TableSink):
 
     def open_stage(self, slice_id: str, attempt: str) -> StageWriter:
         return _CsvStage(self, slice_id, attempt)
-
-    def publish(self, slice_id: str, staged: StagedRef) -> None:
-        self.staging.publish(slice_id, staged)
-
-    def discard(self, staged: StagedRef) -> None:
-        self.staging.discard(staged)
-
-    def finalize(self, committed) -> None:
-        self.staging.cleanup(committed)
 
 
 class _CsvStage(StageWriter):

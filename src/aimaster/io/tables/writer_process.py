@@ -1,8 +1,12 @@
 """The slice row writer in a child process, so a compute-bound loop overlaps with table writing.
 
 The parent keeps the :class:`~aimaster.io.tables.slice_writer.SliceRowWriter` API and ships rows to a
-spawned child that runs the real one. Design choices, each for a failure it prevents:
+child process that runs the real one. Design choices, each for a failure it prevents:
 
+* **A fresh interpreter, not multiprocessing's spawn.** Spawn re-imports the parent's ``__main__``
+  in the child, and the seed's inference scripts have no ``if __name__ == "__main__"`` guard: the
+  child would run the user's whole program again. The child is ``python -c`` importing only this
+  module, talking over two inherited pipe descriptors (and fork is unsafe after CUDA or threads).
 * **Two one-way pipes, no shared locks.** A ``multiprocessing.Queue`` shares locks and a feeder
   thread with the child; a child SIGKILLed at the wrong moment leaves them held and the parent hangs
   (also at interpreter exit). With plain pipes, a dead child closes its ends, so the parent's next
@@ -22,8 +26,11 @@ spawned child that runs the real one. Design choices, each for a failure it prev
 
 from __future__ import annotations
 
-import multiprocessing
+import os
 import signal
+import subprocess
+import sys
+from multiprocessing.connection import Connection
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import aimaster.errors as errors_module
@@ -51,6 +58,18 @@ def _rebuild_error(name: str, message: str) -> BaseException:
     return TableIOError(f"table writer subprocess failed: {name}: {message}")
 
 
+def _child_entry() -> None:
+    """``python -c`` entry point of the child: ``argv`` holds the two pipe descriptors."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    commands = Connection(int(sys.argv[1]), writable=False)
+    results = Connection(int(sys.argv[2]), readable=False)
+    try:
+        description, filter_value = commands.recv()
+    except (EOFError, OSError):
+        return
+    _child_main(description, filter_value, commands, results)
+
+
 def _child_main(description: Mapping[str, Any], filter_value: Any, commands, results) -> None:
     """The child: a SliceRowWriter driven by the parent's commands.
 
@@ -58,7 +77,6 @@ def _child_main(description: Mapping[str, Any], filter_value: Any, commands, res
     a chunk failed (the slice is then aborted), and exactly one ``("reply", ok, value)`` for every
     other command -- the parent's synchronous calls wait for that reply.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from aimaster.io.tables.slice_writer import SliceRowWriter
 
     try:
@@ -135,16 +153,30 @@ class SubprocessSliceRowWriter:
         self._dead: Optional[str] = None
         self._slice: Optional[str] = None
         self._closed = False
-        ctx = multiprocessing.get_context("spawn")
-        cmd_recv, self._commands = ctx.Pipe(duplex=False)
-        self._results, res_send = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_child_main, name="aimaster-table-writer", daemon=True,
-                                 args=(self.description, filter_value, cmd_recv, res_send))
-        self._proc.start()
-        # Our copies of the child's ends must go, or a dead child would never look dead (EOF/EPIPE).
-        cmd_recv.close()
-        res_send.close()
+        cmd_read, cmd_write = os.pipe()
+        res_read, res_write = os.pipe()
+        env = dict(os.environ)
+        # The child must import this very aimaster, even when the parent found it on a sys.path
+        # entry of its own (a source checkout, say).
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(errors_module.__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", "from aimaster.io.tables.writer_process import _child_entry; _child_entry()",
+                 str(cmd_read), str(res_write)],
+                pass_fds=(cmd_read, res_write), stdin=subprocess.DEVNULL, env=env)
+        except BaseException:
+            os.close(cmd_write)
+            os.close(res_read)
+            raise
+        finally:
+            # Our copies of the child's ends must go, or a dead child would never look dead (EOF/EPIPE).
+            os.close(cmd_read)
+            os.close(res_write)
+        self._commands = Connection(cmd_write, readable=False)
+        self._results = Connection(res_read, writable=False)
+        try:
+            self._send((self.description, filter_value))
             self.column_names: Optional[List[str]] = self._reply(timeout=_START_TIMEOUT_S)
         except BaseException:
             self._closed = True
@@ -196,8 +228,10 @@ class SubprocessSliceRowWriter:
             self._abort_in_child()
             raise
         self._send(("finish",))
-        self._slice = None
-        return self._reply()
+        try:
+            return self._reply()
+        finally:
+            self._slice = None
 
     def abort_slice(self) -> None:
         """Throw away the slice being written."""
@@ -205,7 +239,11 @@ class SubprocessSliceRowWriter:
         self._abort_in_child()
 
     def close(self) -> None:
-        """Stop the child (an unfinished slice is aborted); raises TableIOError if it had died."""
+        """Stop the child (an unfinished slice is aborted).
+
+        Raises TableIOError if the child died and no earlier call reported it; a death already
+        reported is not raised again (a ``with`` block keeps the first error).
+        """
         if self._closed:
             return
         self._closed = True
@@ -227,10 +265,11 @@ class SubprocessSliceRowWriter:
 
     # --- plumbing --------------------------------------------------------------------------------
     def _stop(self) -> None:
-        self._proc.join(timeout=_CLOSE_TIMEOUT_S if self._dead is None else 1.0)
-        if self._proc.is_alive():
+        try:
+            self._proc.wait(timeout=_CLOSE_TIMEOUT_S if self._dead is None else 1.0)
+        except subprocess.TimeoutExpired:
             self._proc.kill()
-            self._proc.join()
+            self._proc.wait()
         self._commands.close()
         self._results.close()
 
@@ -310,7 +349,7 @@ class SubprocessSliceRowWriter:
                     return self._results.recv()
             except (EOFError, OSError):
                 self._die()
-            if not self._proc.is_alive() and not self._results.poll(0):
+            if self._proc.poll() is not None and not self._results.poll(0):
                 self._die()
             waited += _POLL_S
             if timeout is not None and waited >= timeout:
@@ -332,7 +371,7 @@ class SubprocessSliceRowWriter:
             raise error
 
     def _death_message(self) -> str:
-        code = self._proc.exitcode
+        code = self._proc.poll()
         if code is not None and code < 0:
             try:
                 how = f"was killed by {signal.Signals(-code).name}"
@@ -346,6 +385,9 @@ class SubprocessSliceRowWriter:
 
     def _die(self) -> None:
         if self._dead is None:
-            self._proc.join(timeout=1.0)
+            try:
+                self._proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
             self._dead = self._death_message()
         raise TableIOError(self._dead)
