@@ -1,0 +1,93 @@
+"""Control of a job from anywhere that reaches its etcd: stop it, list the jobs an etcd holds.
+
+Stopping is a request, not a signal: ``aimaster stop`` writes ``control`` under the job's prefix and
+the master, which polls it, stops its workers cleanly (SIGTERM, then SIGKILL after the grace period)
+and marks the job Stopped. Nothing is lost: a stopped job resumes with the same job id.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional
+
+from aimaster.data import keys
+from aimaster.data.store import ROOT, EtcdConfig, Store, dumps, job_prefix, loads
+from aimaster.errors import JobError
+from aimaster.master.state_dir import JobStateDir
+
+CONTROL = "control"
+
+
+def _store(job_id: str, cfg: Optional[EtcdConfig], state_root: str) -> Store:
+    from aimaster.master.master import connect
+
+    if cfg is None:
+        state = JobStateDir(state_root, job_id)
+        endpoint = state.running_etcd()
+        if endpoint is None:
+            raise JobError(f"job {job_id} is not running (no live etcd in {state.path}); pass --etcd for a "
+                           f"job on an external etcd")
+        cfg = EtcdConfig([endpoint])
+    return connect(cfg, job_id)
+
+
+def request_stop(job_id: str, cfg: Optional[EtcdConfig], state_root: str) -> Dict[str, Any]:
+    """Ask the job's master to stop the job; returns the job record as it was."""
+    store = _store(job_id, cfg, state_root)
+    try:
+        record = store.get_value(keys.JOB)
+        if record is None:
+            raise JobError(f"no job {job_id} in etcd at {','.join(store.cfg.endpoints)}")
+        if record.get("state") in ("Succeeded", "Failed", "Stopped"):
+            raise JobError(f"job {job_id} is already {record.get('state')}")
+        store.put(CONTROL, {"stop": True, "t": time.time()})
+        return record
+    finally:
+        store.close()
+
+
+def stop_requested(store: Store) -> bool:
+    value = store.get_value(CONTROL)
+    return bool(value and value.get("stop") is True)
+
+
+def clear_stop(store: Store) -> None:
+    store.delete(CONTROL)
+
+
+INDEX = f"{ROOT}index/"  # one small key per job, so listing jobs never reads their slices
+
+
+def index_job(store: Store, job_id: str, record: Dict[str, Any]) -> None:
+    """Record a job in the etcd-wide index (the master calls this on every state change)."""
+    entry = {k: record.get(k) for k in ("state", "created", "updated", "workers")}
+    store.call("index job", lambda c: c.put(f"{INDEX}{job_id}", dumps(entry)))
+
+
+def list_jobs(cfg: EtcdConfig) -> List[Dict[str, Any]]:
+    """Every job in an etcd: id, state, created, updated, workers."""
+    from aimaster.master.master import connect
+
+    store = connect(cfg, "_")  # the job prefix is irrelevant here; the index is etcd-wide
+    try:
+        out = []
+        for raw, meta in store.call("list jobs", lambda c: list(c.get_prefix(INDEX))):
+            key = meta.key.decode("utf-8", "replace")
+            entry = loads(raw, key)
+            out.append(dict(entry, job_id=key[len(INDEX):]))
+        return sorted(out, key=lambda j: j.get("created") or 0)
+    finally:
+        store.close()
+
+
+def jobs_in_state_dir(state_root: str) -> List[str]:
+    import os
+
+    try:
+        return sorted(e.name for e in os.scandir(os.path.join(state_root, "jobs")) if e.is_dir())
+    except OSError:
+        return []
+
+
+__all__ = ["request_stop", "stop_requested", "clear_stop", "index_job", "list_jobs", "jobs_in_state_dir",
+           "job_prefix"]
