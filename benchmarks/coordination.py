@@ -41,6 +41,7 @@ import os
 import platform
 import queue
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -78,6 +79,19 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def code_version() -> Dict[str, Any]:
+    """The commit measured, and whether the working tree differed from it (figures are per code state)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return {"commit": head or None, "src_modified": bool(dirty)}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "src_modified": None}
+
+
 def machine_info() -> Dict[str, Any]:
     mem_gib = None
     try:
@@ -92,6 +106,8 @@ def machine_info() -> Dict[str, Any]:
         "mem_gib": mem_gib,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        # Load before we start: anything else running on the machine competes with etcd and clients.
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -159,7 +175,7 @@ def _aimaster_worker(endpoint: str, prefix: str, ds_id: str, idx: int, ready_q, 
         cpu0 = time.process_time()
         claim_lat: List[float] = []
         commit_lat: List[float] = []
-        lost_commits = 0
+        won = lost = 0
         last_op = None
         while True:
             t0 = time.monotonic()
@@ -168,16 +184,20 @@ def _aimaster_worker(endpoint: str, prefix: str, ds_id: str, idx: int, ready_q, 
             except OutOfRangeException:
                 break
             t1 = time.monotonic()
-            if not ds.commit(claim):
-                lost_commits += 1
-            last_op = time.monotonic()
+            ok = ds.commit(claim)
+            t2 = time.monotonic()
             claim_lat.append(t1 - t0)
-            commit_lat.append(last_op - t1)
+            commit_lat.append(t2 - t1)
+            if ok:
+                won += 1
+                last_op = t2
+            else:  # a speculative copy (or its primary) that lost the race near the end: not a slice
+                lost += 1
         end = time.monotonic()
         cpu = time.process_time() - cpu0
         session.close()
         out_q.put({"idx": idx, "claim": claim_lat, "commit": commit_lat, "end": end, "last_op": last_op,
-                   "failed": lost_commits, "cpu": cpu, "rpcs": dict(rpcs)})
+                   "won": won, "failed": lost, "cpu": cpu, "rpcs": dict(rpcs)})
     except BaseException as e:
         out_q.put({"idx": idx, "error": f"{type(e).__name__}: {e}"})
 
@@ -234,7 +254,8 @@ def run_processes(ctx, etcd_pid: int, target: Callable, args_for: Callable[[int]
 
 def summarize(run: Dict[str, Any], lat_key: str, n_clients: int) -> Dict[str, Any]:
     results = run["results"]
-    ops = sum(len(r[lat_key]) for r in results)
+    # Only commits that won count as work done; latencies cover every attempt.
+    ops = sum(r.get("won", len(r[lat_key])) for r in results)
     last = max((r["last_op"] for r in results if r["last_op"] is not None), default=run["start"])
     elapsed = max(last - run["start"], 1e-9)
     lat = sorted(x for r in results for x in r[lat_key])
@@ -258,6 +279,15 @@ def bench_raw(ctx, etcd, n_clients: int, total_ops: int) -> Dict[str, Any]:
     run = run_processes(ctx, etcd.process.pid, _raw_worker,
                         lambda i: (etcd.endpoint, run_id, i, per), n_clients)
     return summarize(run, "lat", n_clients)
+
+
+def merge_raw(before: Dict[str, Any], after: Dict[str, Any]) -> Dict[str, Any]:
+    """The mean of two raw runs, keeping both rates so the drift is visible in the JSON."""
+    out = {k: round((before[k] + after[k]) / 2, 3) for k in before
+           if k not in ("clients", "ops", "failed") and isinstance(before[k], (int, float))}
+    out.update(clients=before["clients"], ops=before["ops"] + after["ops"],
+               failed=before["failed"] + after["failed"], rate_before=before["rate"], rate_after=after["rate"])
+    return out
 
 
 def bench_aimaster(ctx, etcd, n_clients: int, num_slices: int) -> Dict[str, Any]:
@@ -292,6 +322,7 @@ def bench_aimaster(ctx, etcd, n_clients: int, num_slices: int) -> Dict[str, Any]
         last = max((r["last_op"] for r in results if r["last_op"] is not None), default=run["start"])
         out["drain_s"] = round(max(r["end"] for r in results) - last, 3)
         out["plan_s"] = round(plan_s, 3)
+        out["lost_commits"] = out.pop("failed")
         done = store.count(f"ds/{ds_id}/done/")
         if done != num_slices or out["ops"] != num_slices:
             raise RuntimeError(f"aimaster phase with {n_clients} clients committed {done} slices "
@@ -332,7 +363,13 @@ def bench_planning(etcd, num_files: int, meta_dir: Optional[str]) -> Dict[str, A
         out["plan_s"] = round(time.monotonic() - t0, 3)
         out["slices"] = plan["num_slices"]
         out["item_chunks"] = len(plan["chunks"])
-        out["db_mb_after"] = round(store.client.status().db_size / 1e6, 2)
+        # etcd commits its backend in batches (every 100 ms): wait until the file stops growing, or
+        # the size read right after planning misses the last batch.
+        size, prev = store.client.status().db_size, -1
+        while size != prev:
+            time.sleep(0.5)
+            size, prev = store.client.status().db_size, size
+        out["db_mb_after"] = round(size / 1e6, 2)
         # Reading one slice's names back: what every get_next_slice() pays on a cold chunk cache.
         t0 = time.monotonic()
         reader = Dataset(session, "f-bench")
@@ -347,7 +384,9 @@ def bench_planning(etcd, num_files: int, meta_dir: Optional[str]) -> Dict[str, A
 # ---------------------------------------------------------------------------------------- report
 def print_report(res: Dict[str, Any]) -> None:
     m = res["machine"]
-    print(f"\naimaster coordination benchmark ({res['mode']}): {m['cpus']} CPUs, {m['mem_gib']} GiB, "
+    code = res["code"]
+    print(f"\naimaster coordination benchmark ({res['mode']}) at {code['commit']}"
+          f"{' + local changes in src/' if code['src_modified'] else ''}: {m['cpus']} CPUs, {m['mem_gib']} GiB, "
           f"Python {m['python']}, etcd {res['etcd_version']} (embedded; etcd and all clients share the CPUs)")
     p = res.get("planning")
     if p:
@@ -355,7 +394,7 @@ def print_report(res: Dict[str, Any]) -> None:
               f"{p['item_chunks']} file-list chunks)")
         print(f"  ensure_plan       {p['plan_s']:8.2f} s    target < {TARGET_PLAN_SECONDS:.0f} s   "
               f"{'OK' if p['plan_s'] < TARGET_PLAN_SECONDS else 'MISS'}")
-        print(f"  etcd db size      {p['db_mb_after']:8.1f} MB   target < {TARGET_PLAN_DB_MB:.0f} MB "
+        print(f"  etcd db size      {p['db_mb_after']:8.2f} MB   target < {TARGET_PLAN_DB_MB:.0f} MB "
               f"{'OK' if p['db_mb_after'] < TARGET_PLAN_DB_MB else 'MISS'}  (empty db: {p['db_mb_before']} MB)")
         print(f"  cold slice names  {p['cold_slice_names_ms']:8.1f} ms")
         if "meta_file_read_s" in p:
@@ -373,13 +412,17 @@ def print_report(res: Dict[str, Any]) -> None:
               f"{am['claim_p50_ms']:>6.2f}/{am['claim_p99_ms']:<7.2f} {am['commit_p50_ms']:>6.2f}/"
               f"{am['commit_p99_ms']:<8.2f} | {am['client_cpu_ms_per_op']:>9.2f} + {am['etcd_cpu_ms_per_op']:<9.2f} "
               f"| {am['drain_s']:>7.2f}")
-    print("\n  raw baseline cpu ms/txn (client + etcd): " + ", ".join(
+    print("\n  raw txn/s measured before/after the aimaster run (the table shows the mean): " + ", ".join(
+        f"{row['clients']}c: {row['raw']['rate_before']:.0f}/{row['raw']['rate_after']:.0f}"
+        for row in res["coordination"]))
+    print("  raw baseline cpu ms/txn (client + etcd): " + ", ".join(
         f"{row['clients']}c: {row['raw']['client_cpu_ms_per_op']:.2f} + {row['raw']['etcd_cpu_ms_per_op']:.2f}"
         for row in res["coordination"]))
     print("  etcd RPCs per committed slice:")
     for row in res["coordination"]:
         rpcs = ", ".join(f"{k} {v}" for k, v in row["aimaster"]["rpcs_per_slice"].items())
-        print(f"    {row['clients']:>3} clients: {rpcs}")
+        print(f"    {row['clients']:>3} clients: {rpcs}; lost commits (speculative copies) "
+              f"{row['aimaster']['lost_commits']}")
     print(f"\nTargets: ratio >= {TARGET_RATIO:.0%} (ceiling 50%: a slice is >= 2 transactions); "
           f">= {TARGET_SLICES_32:,.0f} slices/s with 32 clients")
     for line in res["verdicts"]:
@@ -410,8 +453,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small counts for a CI smoke test (< 30 s)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     ap.add_argument("--clients", help="comma-separated client process counts (default 1,8,32; quick 1,8)")
-    ap.add_argument("--slices", type=int, help="slices per aimaster phase (default 20000; quick 600)")
-    ap.add_argument("--raw-ops", type=int, help="transactions per raw phase (default 20000; quick 600)")
+    ap.add_argument("--slices", type=int, help="slices per aimaster phase (default 20000; quick 1000)")
+    ap.add_argument("--raw-ops", type=int, help="transactions per raw run (default 10000; quick 1000)")
     ap.add_argument("--plan-files", type=int, help="files in the planning phase (default 1000000; quick 20000)")
     ap.add_argument("--no-meta-file", action="store_true", help="skip timing the meta-file listing step")
     ap.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
@@ -419,8 +462,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     quick = args.quick
     clients = [int(x) for x in (args.clients or ("1,8" if quick else "1,8,32")).split(",") if x.strip()]
-    slices = args.slices or (600 if quick else 20_000)
-    raw_ops = args.raw_ops or (600 if quick else 20_000)
+    slices = args.slices or (1000 if quick else 20_000)
+    raw_ops = args.raw_ops or (1000 if quick else 10_000)
     plan_files = args.plan_files if args.plan_files is not None else (20_000 if quick else 1_000_000)
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
@@ -434,6 +477,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "mode": "quick" if quick else "full",
         "command": " ".join(["python", "benchmarks/coordination.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine_info(),
+        "code": code_version(),
         "params": {"clients": clients, "slices": slices, "raw_ops": raw_ops, "plan_files": plan_files},
         "coordination": [],
     }
@@ -449,19 +493,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"planning {plan_files:,} files ...", flush=True)
             res["planning"] = bench_planning(etcd, plan_files, None if args.no_meta_file else tmp)
         for n in clients:
+            # Raw etcd is measured just before and just after aimaster at the same client count and
+            # averaged: on a small shared VM the raw rate drifts by 10-25% between minutes, and the
+            # ratio should compare like with like.
             print(f"{n} client(s): raw etcd ...", flush=True)
-            raw = bench_raw(ctx, etcd, n, raw_ops)
+            raw_before = bench_raw(ctx, etcd, n, raw_ops)
             print(f"{n} client(s): aimaster claim + commit ...", flush=True)
             am = bench_aimaster(ctx, etcd, n, slices)
+            print(f"{n} client(s): raw etcd again ...", flush=True)
+            raw_after = bench_raw(ctx, etcd, n, raw_ops)
+            raw = merge_raw(raw_before, raw_after)
             res["coordination"].append({"clients": n, "raw": raw, "aimaster": am,
                                         "ratio": round(am["rate"] / raw["rate"], 4)})
     finally:
         etcd.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     res["total_s"] = round(time.monotonic() - t_all, 1)
+    res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     res["verdicts"] = verdicts(res)
     print_report(res)
-    print(f"\ntotal {res['total_s']} s")
+    print(f"\ntotal {res['total_s']} s; load average at start {res['machine']['loadavg_start']}, "
+          f"at end {res['machine']['loadavg_end']} (other work on the machine skews absolute figures)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -44,6 +45,21 @@ class TlsFiles:
     ca: str
     cert: str
     key: str
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: a throwaway etcd (standalone run, tests) must not outlive its owner.
+
+    The job etcd of ``aimaster run`` is different: it outlives a killed master on purpose, so that the
+    workers carry on and a restarted master finds it; it is not started with this.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the atexit handler is all we have
+        pass
 
 
 def free_port() -> int:
@@ -116,7 +132,8 @@ class EmbeddedEtcd:
         # A session of its own: Ctrl-C in the terminal reaches the launcher, which then stops etcd
         # *after* the workers, instead of etcd dying first under workers that still commit.
         self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_die_with_parent if self._tmp else None,
         )
         log.close()
         deadline = time.monotonic() + timeout
