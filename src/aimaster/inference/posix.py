@@ -149,3 +149,32 @@ class PosixFileClient:
     @property
     def dataset(self) -> Dataset:
         return self._dataset
+
+    # ------------------------------------------------------------------ framework datasets
+    def create_torch_dataset(self, transform=None, prefetch_slices: int = 1):
+        """A PyTorch ``IterableDataset`` over this job's slices, claimed lazily by whoever reads it.
+
+        Items are dicts: ``{"slice_id", "claim", "path"}`` plus ``"data": transform(path)`` (or the
+        keys of the dict ``transform`` returns). Consume it through ``dataset.track(loader)``, which
+        commits each slice once all its items were consumed and its outputs written; see
+        docs/frameworks.md.
+        """
+        from aimaster.frameworks.torch_files import FileSliceDataset
+
+        return FileSliceDataset(self, transform, prefetch_slices)
+
+    def create_tf_dataset(self, prefetch_slices: int = 1):
+        """A ``tf.data.Dataset`` of ``{"slice_id", "path"}`` over this job's slices, claimed lazily.
+
+        Consume it through ``aimaster.frameworks.track(client, dataset)``; see docs/frameworks.md.
+        """
+        from aimaster.frameworks.tf_files import create_tf_dataset
+
+        return create_tf_dataset(self, prefetch_slices)
+
+    def _hold_claim(self, claim: Claim) -> None:
+        """Hold a slice a framework reader claimed, so the seed's per-slice API applies to it."""
+        if claim.slice_id in self._held:
+            raise ConfigError(f"slice {claim.slice_id} is already held through get_next_slice(); do not mix "
+                              "get_next_slice() with a framework dataset of the same client")
+        self._held[claim.slice_id] = claim

@@ -1,0 +1,182 @@
+"""Who holds a slice when a framework reads it: the reading process, then the consuming one.
+
+A framework's data pipeline may read in other processes than the one that consumes the data and
+writes the outputs (PyTorch ``DataLoader`` workers). The reading process claims a slice with its own
+etcd session, because gRPC channels must not cross ``fork`` and a spawned child shares nothing with
+its parent. The consuming process, which alone knows when the slice's outputs are written, commits
+it. In between, the consumer *adopts* the claim: it re-binds the claim key to its own lease, so that
+the claim outlives the reading process (a ``DataLoader`` worker exits at the end of an epoch, or is
+killed) and still vanishes with the consumer if the consumer dies.
+
+Every item carries its slice's *token*, ``"<attempt number>:<attempt id>"``, which is all the
+consumer needs to rebuild the :class:`~aimaster.data.coordinator.Claim` and to tell two attempts of
+one slice apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing.util
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+from aimaster.data.coordinator import Claim, Dataset
+from aimaster.data.session import WorkerSession
+from aimaster.data.store import dumps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SliceSpec:
+    """What a reading process needs to find a dataset's slices: picklable, no live connections.
+
+    ``owner_pid`` and ``owner_worker`` are the consuming process's; a reading process with another pid
+    is a child (a ``DataLoader`` worker) and claims under a session of its own, named after them.
+    """
+
+    ds_id: str
+    owner_pid: int
+    owner_worker: str
+    tracked: bool = False
+
+
+def spec_of(client) -> SliceSpec:
+    """The spec of an SDK client's dataset, owned by this (the consuming) process."""
+    return SliceSpec(client.dataset.ds_id, os.getpid(), client.dataset.session.worker_id)
+
+
+def token_of(claim: Claim) -> str:
+    return f"{claim.attempt_no}:{claim.attempt}"
+
+
+def parse_token(token: str) -> Tuple[int, str]:
+    number, sep, attempt = str(token).partition(":")
+    if not sep or not number.isdigit() or not attempt:
+        raise ValueError(f"malformed slice claim token {token!r}")
+    return int(number), attempt
+
+
+# ---------------------------------------------------------------------------------- reading side
+_lock = threading.Lock()
+_child_session: Optional[WorkerSession] = None
+# Claims made by readers in this very process, so a consumer here uses them without adopting.
+_local: Dict[Tuple[str, str, str], Claim] = {}
+
+
+def reading_session(spec: SliceSpec) -> WorkerSession:
+    """The session this process claims with: the worker's own, or a child's unregistered one.
+
+    A child's session is not registered as a worker (it is part of its parent, and the control plane
+    must not count or relaunch it); it is closed when the child exits, which releases whatever the
+    parent has not adopted.
+    """
+    from aimaster.data.runtime import current_session, job_context
+    from aimaster.data.store import Store, job_prefix
+
+    global _child_session
+    if os.getpid() == spec.owner_pid:
+        return current_session()
+    with _lock:
+        if _child_session is None or _child_session.pid != os.getpid():
+            ctx = job_context()
+            store = Store(ctx.etcd, job_prefix(ctx.job_id))
+            _child_session = WorkerSession(store, f"{spec.owner_worker}.{os.getpid()}", register=False)
+            _child_session.standalone = ctx.standalone
+            # A forked DataLoader worker leaves through os._exit: atexit never runs there, but
+            # multiprocessing's finalizers do.
+            multiprocessing.util.Finalize(_child_session, _child_session.close, exitpriority=10)
+        return _child_session
+
+
+def reading_dataset(spec: SliceSpec) -> Dataset:
+    """A coordinator view of the dataset for this process's claims (its own instance: not shared
+    with the consumer's, whose candidate list is not thread-safe)."""
+    dataset = Dataset(reading_session(spec), spec.ds_id)
+    if dataset.load_plan() is None:
+        from aimaster.errors import JobError
+
+        raise JobError(f"dataset {spec.ds_id} has no plan in this job (was the client created in another job?)")
+    return dataset
+
+
+_session_locks: Dict[int, threading.RLock] = {}
+
+
+def session_lock(session: WorkerSession) -> threading.RLock:
+    """Serializes what this package does with one session across threads.
+
+    A reader's prefetch thread may claim (adding to the session's held attempts) while the consumer
+    commits or beats (reading them) with the same session: the main process with
+    ``num_workers=0``, TensorFlow's generator thread. The session's bookkeeping is not thread-safe.
+    """
+    with _lock:
+        return _session_locks.setdefault(id(session), threading.RLock())
+
+
+def remember(claim: Claim) -> None:
+    with _lock:  # readers add from their prefetch thread while the consumer looks up
+        _local[(claim.dataset.ds_id, claim.slice_id, claim.attempt)] = claim
+
+
+def forget(claim: Claim) -> None:
+    with _lock:
+        _local.pop((claim.dataset.ds_id, claim.slice_id, claim.attempt), None)
+
+
+def local_claim(ds_id: str, slice_id: str, attempt: Optional[str] = None) -> Optional[Claim]:
+    """A claim a reader in this process made (the latest of the slice when ``attempt`` is None)."""
+    with _lock:
+        if attempt is not None:
+            return _local.get((ds_id, slice_id, attempt))
+        found = [c for (d, s, _), c in _local.items() if d == ds_id and s == slice_id]
+    return found[-1] if found else None
+
+
+# --------------------------------------------------------------------------------- consuming side
+def adopt(dataset: Dataset, slice_id: str, token: str, units: int) -> Tuple[Claim, bool]:
+    """The consumer's claim on a slice a reader claimed; True if the claim key is now bound to us.
+
+    The key is re-put under our lease only if it still holds the reader's attempt (compared by
+    modification revision), so an attempt that already lost its claim (its reader died long ago and
+    the slice went to somebody else) never steals the newer one. Such an attempt is still processed
+    and may still commit: the commit transaction decides, exactly once.
+    """
+    number, attempt = parse_token(token)
+    local = local_claim(dataset.ds_id, slice_id, attempt)
+    if local is not None:
+        forget(local)
+        local.items = units
+        return local, True
+    session = dataset.session
+    claim = Claim(dataset=dataset, slice_id=slice_id, index=dataset.slice_index(slice_id), attempt=attempt,
+                  attempt_no=number, lease_generation=session.lease_generation)
+    claim.items = units
+    st, tx = dataset.store, dataset.store.tx
+    rel = dataset.k.claim + slice_id
+    value, meta = st.get(rel)
+    if value is None or value.get("at") != attempt:
+        log.warning("aimaster: slice %s reached the consumer after its claim was lost; processing it anyway "
+                    "(only one attempt can commit)", slice_id)
+        return claim, False
+    record: Dict[str, Any] = dict(value, w=session.worker_id, via=value.get("w"))
+    key = st.key(rel)
+
+    def txn(lease):
+        return st.txn(f"adopt slice {slice_id}", [tx.mod(key) == meta.mod_revision],
+                      [tx.put(key, dumps(record), lease=lease)])
+
+    try:
+        leased = getattr(session, "leased", None)
+        ok, _ = leased(txn) if callable(leased) else txn(session.lease)
+    except Exception as e:  # noqa: BLE001 - adoption only shortens the at-least-once window
+        log.warning("aimaster: could not adopt the claim of slice %s (%s); it stays with its reader", slice_id, e)
+        ok = False
+    if ok:
+        claim.record = record  # release() deletes the claim key only while it holds exactly this
+        track = getattr(session, "track", None)
+        if callable(track):
+            track(claim)
+    return claim, bool(ok)

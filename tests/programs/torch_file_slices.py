@@ -1,0 +1,48 @@
+"""A PyTorch file job through DataLoader workers, with knobs for the frameworks tests.
+
+usage: torch_file_slices.py INPUT_DIR OUTPUT_DIR SLICE_SIZE NUM_WORKERS [START_METHOD] [BATCH_SIZE]
+env:   BATCH_SLEEP   seconds the consumer spends per batch (so the loader workers run ahead)
+       READ_LOG      directory: each reading process appends "<slice> <pid>" per item it reads
+
+One output line per input file, "<relative path>\t<file content>", in the output file of the
+file's slice, written through the stream's per-slice output helper.
+"""
+
+import os
+import sys
+import time
+
+import torch.utils.data
+
+from aimaster import inference as elastic_inference
+
+
+def read_text(path: str) -> str:
+    log_dir = os.environ.get("READ_LOG")
+    if log_dir:
+        with open(os.path.join(log_dir, f"{os.getpid()}.log"), "a") as f:
+            f.write(f"{os.path.basename(path)} {os.getpid()}\n")
+    with open(path) as f:
+        return f.read().strip()
+
+
+def main() -> None:
+    input_dir, output_dir, slice_size, num_workers = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    method = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] != "-" else None
+    batch_size = int(sys.argv[6]) if len(sys.argv) > 6 else 3
+    sleep = float(os.environ.get("BATCH_SLEEP", "0"))
+    client = elastic_inference.PosixFileClient(elastic_inference.PosixFileConfig(
+        input_dir=input_dir, output_dir=output_dir, slice_size=slice_size))
+    dataset = client.create_torch_dataset(transform=read_text)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                                         multiprocessing_context=method if num_workers else None)
+    stream = dataset.track(loader)
+    for batch in stream:
+        time.sleep(sleep)
+        for sid, path, text in zip(batch["slice_id"], batch["path"], batch["data"]):
+            stream.output(sid, suffix=".txt").write(f"{os.path.relpath(path, input_dir)}\t{text}\n")
+    print(f"committed={stream.committed} lost={stream.lost}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
