@@ -66,12 +66,18 @@ def cli() -> None:
 
 
 @cli.command(context_settings=_COMMAND)
-@click.option("-n", "--workers", type=click.IntRange(1), default=1, show_default=True,
-              help="Worker processes to run on this machine.")
+@click.option("-n", "--workers", type=click.IntRange(0), default=1, show_default=True,
+              help="Worker processes to run on this machine (0: only workers that join from elsewhere).")
 @click.option("--job-id", help="Job id; re-running an id resumes it (committed slices are never redone).")
 @etcd_options
 @click.option("--min-workers", type=click.IntRange(1), default=1, show_default=True,
-              help="The job counts as running once this many workers are up; more may join at any time.")
+              help="The job counts as running (not pending) once this many workers are registered; "
+                   "more may join, and any may leave, at any time.")
+@click.option("--launch-interval", type=click.FloatRange(0), default=0, show_default=True,
+              help="Seconds between worker starts. Once every slice is committed nothing more starts, "
+                   "so a ramp never runs more workers than the data needs.")
+@click.option("--standby", is_flag=True,
+              help="Stand by for the job's master: take over (adopting its workers) if it dies.")
 @click.option("--job-execution-mode", type=click.Choice(EXECUTION_MODES), default="Async", show_default=True,
               help="Async: restart only a failed worker. Sync: restart all workers when one fails.")
 @click.option("--fault-tolerant-policy", type=click.Choice(POLICIES), default="OnFailure", show_default=True,
@@ -84,16 +90,31 @@ def cli() -> None:
 @click.option("--lease-ttl", type=click.IntRange(2), default=10, show_default=True,
               help="Seconds after which a dead worker's slices are handed out again.")
 @click.option("--max-slice-attempts", type=click.IntRange(1), default=4, show_default=True,
-              help="Attempts after which a slice is reported failed instead of retried.")
+              help="Attempts after which a slice is reported failed instead of retried (a poison slice "
+                   "does not block the job).")
+@click.option("--speculation/--no-speculation", default=True, show_default=True,
+              help="When no slice is free, idle workers copy the longest-running held slice; the first "
+                   "commit wins.")
+@click.option("--speculation-multiplier", type=click.FloatRange(0), default=1.5, show_default=True,
+              help="Copy a slice only once it has run this many times the median slice duration.")
+@click.option("--max-slice-copies", type=click.IntRange(0), default=1, show_default=True,
+              help="Speculative copies per slice attempt.")
+@click.option("--slow-worker-multiplier", type=click.FloatRange(0), default=3.0, show_default=True,
+              help="Replace a worker whose slices take this many times its peers' median (0: never).")
+@click.option("--slow-worker-min-samples", type=click.IntRange(1), default=5, show_default=True,
+              help="Slice durations the peers must have reported before a worker can be called slow.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key, state_dir, min_workers,
-        job_execution_mode, fault_tolerant_policy, max_num_of_same_error, enable_job_hang_detection,
-        job_hang_interval, lease_ttl, max_slice_attempts, quiet, command) -> None:
+        launch_interval, standby, job_execution_mode, fault_tolerant_policy, max_num_of_same_error,
+        enable_job_hang_detection, job_hang_interval, lease_ttl, max_slice_attempts, speculation,
+        speculation_multiplier, max_slice_copies, slow_worker_multiplier, slow_worker_min_samples, quiet,
+        command) -> None:
     """Run COMMAND as a job on WORKERS worker processes: aimaster run -n 4 -- python infer.py
 
     Exits 0 when the job Succeeded, 1 when it Failed, 130 when stopped with Ctrl-C (resumable).
     """
+    job_id_given = bool(job_id)
     job_id = keys.check_name("job id", job_id or _new_job_id())
     opts = RunOptions(
         command=_command(command), job_id=job_id, workers=workers,
@@ -101,9 +122,14 @@ def run(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etc
         state_root=state_dir or default_root(), min_workers=min_workers,
         policy=FaultPolicy(job_execution_mode, fault_tolerant_policy, max_num_of_same_error),
         hang_detection=enable_job_hang_detection, hang_interval=job_hang_interval, lease_ttl=lease_ttl,
-        max_slice_attempts=max_slice_attempts, progress=not quiet,
+        max_slice_attempts=max_slice_attempts, progress=not quiet, launch_interval=launch_interval,
+        standby=standby, speculation=speculation, speculation_multiplier=speculation_multiplier,
+        max_slice_copies=max_slice_copies, slow_multiplier=slow_worker_multiplier,
+        slow_min_samples=slow_worker_min_samples,
     )
-    click.echo(f"aimaster: job {job_id} ({workers} worker(s)); state in "
+    if standby and not job_id_given:
+        raise click.UsageError("--standby needs the --job-id of the job to stand by for")
+    click.echo(f"aimaster: job {job_id} ({workers} worker(s){', standby' if standby else ''}); state in "
                f"{JobStateDir(opts.state_root, job_id).path}", err=True)
     sys.exit(Master(opts).run())
 
@@ -120,6 +146,9 @@ def join(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, et
     """Add workers on this machine to a running job (same etcd, same job id).
 
     aimaster join --etcd master-host:2379 --job-id J -n 8 -- python infer.py
+
+    The workers follow the job's settings (hang detection, speculation, slice attempts); they are
+    relaunched here if they fail, and may leave at any time (Ctrl-C): their slices go back to the pool.
     """
     cfg = _etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key)
     if cfg is None:

@@ -3,8 +3,10 @@
 A slice moves through these states (each a key under ``ds/<ds>/``, see :mod:`aimaster.data.keys`)::
 
     todo ──claim──▶ claim ──commit──▶ done
-      ▲               │  (lease lost: worker died / hung)
+      ▲               │ ╲
+      │               │  ╲──copy──▶ backup/<w> ──commit──▶ done   (first commit wins)
       └───requeue─────┘──(attempts exhausted)──▶ failed
+                 (lease lost: worker died / hung)
 
 Every transition is one etcd transaction whose comparisons make it exclusive:
 
@@ -12,10 +14,19 @@ Every transition is one etcd transaction whose comparisons make it exclusive:
   holding the ``planner`` key; a crash mid-planning leaves no plan, and the next planner starts over.
 * *claim*: ``todo/<s>`` unchanged since we read it → delete it, create ``claim/<s>`` bound to our
   lease. Two workers can never claim the same todo entry.
+* *copy* (speculative backup, see :mod:`aimaster.data.speculation`): an idle worker, when no slice is
+  free, copies the longest-running held slice: ``claim/<s>`` and ``attempts/<s>`` unchanged since read,
+  ``done/<s>`` absent, fewer than ``max_copies`` copies of this attempt so far → create
+  ``backup/<s>/<worker>`` bound to its lease. The copy keeps the slice id and the attempt number.
 * *commit*: ``done/<s>`` does not exist → create it with the attempt's staged outputs. First committer
-  wins; every other attempt of the slice gets ``False`` and discards its staged output.
-* *requeue*: the slice is in no state at all (its claim vanished with its lease) → back to todo, or to
-  failed once it has been attempted ``max_attempts`` times.
+  wins (primary or copy); every other attempt of the slice gets ``False`` and discards its staged
+  output.
+* *requeue*: the slice is in no state at all (its claim and every copy vanished with their leases) →
+  back to todo, or to failed once it has been attempted ``max_attempts`` times.
+
+A claim or copy transaction whose reply was lost (etcd restarting under it) is retried by the store;
+the retry's comparison fails, so the failure branch reads the key back and recognises our own attempt:
+a slice is never left held by a worker that does not know it holds it.
 
 No process needs to be alive for the slice to come back (the lease does it), and any process can
 requeue (the master does it promptly; waiting workers do it too, so a job survives its master).
@@ -33,7 +44,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import pyetcd.utils
 
-from aimaster.data import OutOfRangeException
+from aimaster.data import OutOfRangeException, keys, speculation
 from aimaster.data.keys import DatasetKeys
 from aimaster.data.outputs import OutputSink, StagedRef, sink_from_description
 from aimaster.data.session import WorkerSession
@@ -71,6 +82,8 @@ class Claim:
     claimed_at: float = field(default_factory=time.time)
     outputs: List[Tuple[OutputSink, StagedRef]] = field(default_factory=list)
     items: int = 0
+    backup: bool = False  # a speculative copy of a slice another worker holds
+    record: Optional[Dict[str, Any]] = None  # what our claim/copy key holds, to delete only our own
 
     def add_output(self, sink: OutputSink, ref: StagedRef) -> None:
         self.outputs.append((sink, ref))
@@ -94,6 +107,10 @@ class Dataset:
         self._chunks: Dict[int, List[str]] = {}
         self._chunk_starts: List[int] = []
         self._last_reconcile = 0.0
+        self.speculation = speculation.enabled()
+        self.speculation_multiplier = speculation.multiplier()
+        self.max_copies = speculation.max_copies()
+        self._durations: Tuple[float, List[float]] = (0.0, [])
 
     # ------------------------------------------------------------------ planning
     def ensure_plan(self, planner: Callable[[], PlanData], slice_size: int,
@@ -106,13 +123,16 @@ class Dataset:
             plan = st.get_value(self.k.plan)
             if plan is not None:
                 return self._adopt(plan, slice_size)
-            ok, _ = st.txn(
+            # "No plan yet" is part of the comparison: a process that read no plan just before the
+            # previous planner finished must not take the freed planner key and plan again (its
+            # clean-up would delete the file list and re-create todo keys under running workers).
+            ok, _ = self.session.leased(lambda lease: st.txn(
                 "take planner",
-                [tx.version(st.key(self.k.planner)) == 0],
-                [tx.put(st.key(self.k.planner), dumps({"w": self.session.worker_id}),
-                        lease=self.session.lease)],
-            )
+                [tx.version(st.key(self.k.planner)) == 0, tx.version(st.key(self.k.plan)) == 0],
+                [tx.put(st.key(self.k.planner), dumps({"w": self.session.worker_id}), lease=lease)],
+            ))
             if not ok:
+                self.session.beat("waiting")  # waiting for the planner is not hanging
                 time.sleep(poll)  # somebody else is planning; their lease ends it if they die
                 continue
             try:
@@ -176,7 +196,8 @@ class Dataset:
             if not isinstance(plan.get(name), typ):
                 from aimaster.errors import EtcdDataError
 
-                raise EtcdDataError(f"plan of dataset {self.ds_id} has a bad {name!r}: {plan.get(name)!r}")
+                raise EtcdDataError(
+                    f"value at {self.store.key(self.k.plan)} has a bad {name!r}: {plan.get(name)!r:.80}")
         if plan["slice_size"] != int(slice_size):
             raise ConfigError(
                 f"dataset {self.ds_id} was planned with slice_size={plan['slice_size']} in this job; "
@@ -254,19 +275,102 @@ class Dataset:
             attempt_no = int(value.get("a", 0)) + 1 if isinstance(value.get("a", 0), int) else 1
             attempt = f"{self.session.worker_id}.{uuid.uuid4().hex[:8]}"
             record = {"w": self.session.worker_id, "at": attempt, "a": attempt_no, "t": time.time()}
-            attempts = {"a": attempt_no, "e": value.get("e")}
-            generation = self.session.lease_generation
-            ok, _ = st.txn(
-                f"claim slice {sid}",
-                [tx.mod(st.key(self.k.todo + sid)) == mod_rev],
-                [
-                    tx.delete(st.key(self.k.todo + sid)),
-                    tx.put(st.key(self.k.claim + sid), dumps(record), lease=self.session.lease),
-                    tx.put(st.key(self.k.attempts + sid), dumps(attempts)),
-                ],
-            )
-            if ok:
-                return Claim(self, sid, index, attempt, attempt_no, generation)
+            attempts = {"a": attempt_no, "e": value.get("e"), "w": self.session.worker_id, "b": 0}
+            claim = Claim(self, sid, index, attempt, attempt_no, self.session.lease_generation)
+            claim_key = st.key(self.k.claim + sid)
+            if self._take(claim, f"claim slice {sid}", claim_key,
+                          [tx.mod(st.key(self.k.todo + sid)) == mod_rev],
+                          [tx.delete(st.key(self.k.todo + sid)),
+                           tx.put(st.key(self.k.attempts + sid), dumps(attempts))],
+                          record):
+                return claim
+        return None
+
+    def _take(self, claim: Claim, what: str, key: str, compare: list, ops: list, record: Dict[str, Any]) -> bool:
+        """Create ``key`` (our attempt, bound to our lease) with ``ops`` if ``compare`` holds.
+
+        The heartbeat goes in the same transaction, listing the new attempt, so the master always
+        knows which slices a worker held when it died.
+        """
+        st, tx = self.store, self.store.tx
+        session = self.session
+        session.track(claim)
+        try:
+            claim.record = record
+
+            def txn(lease):
+                claim.lease_generation = session.lease_generation
+                success = [tx.put(key, dumps(record), lease=lease), *ops]
+                if session._register:
+                    success.append(tx.put(st.key(keys.beat(session.worker_id)),
+                                          dumps(session.beat_value("working")), lease=lease))
+                return st.txn(what, compare, success, [tx.get(key)])
+
+            ok, responses = session.leased(txn)
+            if not ok:
+                # A retried transaction whose first try did apply: the key holds our own attempt.
+                existing = responses[0] if responses else []
+                ok = bool(existing) and loads(existing[0][0], key).get("at") == claim.attempt
+        except BaseException:
+            session.untrack(claim)
+            raise
+        if not ok:
+            session.untrack(claim)
+        return ok
+
+    # ------------------------------------------------------------------ speculative copies
+    def _recent_durations(self) -> List[float]:
+        """Pooled recent slice durations of every worker in the job (cached briefly)."""
+        when, values = self._durations
+        if time.monotonic() - when > 2.0:
+            stats = [(rel[len(keys.STATS):], value) for rel, value, _ in self.store.range(keys.STATS)]
+            values = speculation.pooled_durations(stats)
+            self._durations = (time.monotonic(), values)
+        return values
+
+    def try_copy(self) -> Optional[Claim]:
+        """Start a speculative copy of the longest-running slice held by another worker, if worth it."""
+        if not self.speculation or self.max_copies < 1:
+            return None
+        st, tx = self.store, self.store.tx
+        me = self.session.worker_id
+        held = [(rel[len(self.k.claim):], value, meta) for rel, value, meta in st.range(self.k.claim)]
+        if not held:
+            return None
+        metas = {sid: meta for sid, _, meta in held}
+        mine = {sid for ds, sid, _ in list(self.session.claims) if ds == self.ds_id}
+        age_needed = speculation.min_age(self._recent_durations(), self.speculation_multiplier)
+        candidates = speculation.copy_candidates([(sid, v) for sid, v, _ in held], me, mine, time.time(),
+                                                 age_needed)
+        for _, sid, record in candidates[:4]:
+            attempts, att_meta = st.get(self.k.attempts + sid)
+            if attempts is None or attempts.get("a") != record["a"]:
+                continue  # the attempt we saw is over already
+            if attempts.get("e"):
+                continue  # earlier attempts failed: a copy would more likely die the same way than win
+            copies = attempts.get("b") if isinstance(attempts.get("b"), int) else 0
+            if copies >= self.max_copies:
+                continue
+            try:
+                index = self.slice_index(sid)
+            except ValueError:
+                continue
+            attempt = f"{me}.{uuid.uuid4().hex[:8]}"
+            claim = Claim(self, sid, index, attempt, record["a"], self.session.lease_generation, backup=True)
+            key = st.key(self.k.backup_of(sid, me))
+            mine_rec = {"w": me, "at": attempt, "a": record["a"], "t": time.time(), "of": record.get("at")}
+            self.session.copies_started += 1
+            if self._take(claim, f"copy slice {sid}", key,
+                          [tx.mod(st.key(self.k.claim + sid)) == metas[sid].mod_revision,
+                           tx.mod(st.key(self.k.attempts + sid)) == att_meta.mod_revision,
+                           tx.version(st.key(self.k.done + sid)) == 0],
+                          [tx.put(st.key(self.k.attempts + sid), dumps(dict(attempts, b=copies + 1))),
+                           tx.put(st.key(keys.stats(me)), dumps(self.session.stats_value()))],
+                          mine_rec):
+                log.info("aimaster: %s copies slice %s held by %s for %.1fs", me, sid, record.get("w"),
+                         time.time() - record["t"])
+                return claim
+            self.session.copies_started -= 1
         return None
 
     def next_claim(self, wait: bool = True, on_wait: Optional[Callable[[], None]] = None) -> Claim:
@@ -280,10 +384,16 @@ class Dataset:
             if claim is not None:
                 return claim
             if self.is_complete():
+                self.session.beat("done")
                 self.finalize()
                 raise OutOfRangeException(f"all {self.num_slices} slices of dataset {self.ds_id} are done")
             if not wait:
                 return None
+            claim = self.try_copy()
+            if claim is not None:
+                return claim
+            # Waiting is not hanging: the master's hang detection leaves a waiting worker alone.
+            self.session.beat("waiting")
             if time.monotonic() - self._last_reconcile > 1.0:
                 self._last_reconcile = time.monotonic()
                 if self.requeue_lost():
@@ -297,57 +407,79 @@ class Dataset:
     def commit(self, claim: Claim) -> bool:
         """Commit an attempt; True if it is the one commit of its slice. Publishes or discards outputs."""
         st, tx = self.store, self.store.tx
+        session = self.session
         sid = claim.slice_id
+        now = time.time()
+        dt = max(0.0, now - claim.claimed_at)
         record = {
-            "w": self.session.worker_id,
+            "w": session.worker_id,
             "at": claim.attempt,
             "a": claim.attempt_no,
-            "t": time.time(),
-            "dt": round(time.time() - claim.claimed_at, 4),
+            "t": now,
+            "dt": round(dt, 4),
             "n": claim.items,
             "out": [{"sink": sink.describe(), "ref": ref} for sink, ref in claim.outputs],
         }
-        stats = self.session_stats(claim)
+        if claim.backup:
+            record["spec"] = True
+        session.untrack(claim)
+        stats = self._stats_if_won(claim, dt, now)
         backup_prefix = st.key(self.k.backup + sid + "/")
-        ok, responses = st.txn(
-            f"commit slice {sid}",
-            [tx.version(st.key(self.k.done + sid)) == 0],
-            [
-                tx.put(st.key(self.k.done + sid), dumps(record)),
+        done_key = st.key(self.k.done + sid)
+
+        def txn(lease):
+            success = [
+                tx.put(done_key, dumps(record)),
                 tx.delete(st.key(self.k.claim + sid)),
                 tx.delete(st.key(self.k.todo + sid)),
                 tx.delete(st.key(self.k.failed + sid)),
                 tx.delete(st.key(self.k.attempts + sid)),
                 tx.delete(backup_prefix, range_end=pyetcd.utils.prefix_range_end(backup_prefix.encode())),
-                tx.put(st.key(f"stats/{self.session.worker_id}"), dumps(stats)),
-            ],
-            [tx.get(st.key(self.k.done + sid))],
-        )
+                tx.put(st.key(keys.stats(session.worker_id)), dumps(stats)),
+            ]
+            if session._register:
+                success.append(tx.put(st.key(keys.beat(session.worker_id)), dumps(session.beat_value()),
+                                      lease=lease))
+            return st.txn(f"commit slice {sid}", [tx.version(done_key) == 0], success, [tx.get(done_key)])
+
+        ok, responses = session.leased(txn)
         if not ok:
             # A retried transaction whose first try did commit sees its own record: still a win.
             existing = responses[0] if responses else []
             if existing:
-                rec = loads(existing[0][0], st.key(self.k.done + sid))
+                rec = loads(existing[0][0], done_key)
                 ok = rec.get("at") == claim.attempt
         if ok:
-            self.session.slices_committed += 1
-            self.session.items_committed += claim.items
+            if session.first_commit is None:
+                session.first_commit = now
+            session.slices_committed += 1
+            session.items_committed += claim.items
+            session.recent.append(dt)
+            session.busy += dt
+            if claim.backup:
+                session.copies_won += 1
             for sink, ref in claim.outputs:
                 sink.publish(sid, ref)
         else:
+            if claim.backup:
+                session.copies_lost += 1
+            else:
+                session.primaries_lost += 1
             for sink, ref in claim.outputs:
                 sink.discard(ref)
+            session.publish_stats()
         claim.outputs = []
         return ok
 
-    def session_stats(self, claim: Claim) -> Dict[str, Any]:
+    def _stats_if_won(self, claim: Claim, dt: float, now: float) -> Dict[str, Any]:
+        """The worker's counters as they will be if this commit wins (written in the same transaction)."""
         s = self.session
-        now = time.time()
-        if s.first_commit is None:
-            s.first_commit = now
-        return {"host": s.host, "pid": s.pid, "slices": s.slices_committed + 1,
-                "items": s.items_committed + claim.items, "first": s.first_commit, "last": now,
-                "started": s.started}
+        value = s.stats_value()
+        value.update(slices=s.slices_committed + 1, items=s.items_committed + claim.items,
+                     first=s.first_commit or now, last=now, busy=round(s.busy + dt, 3),
+                     recent=[round(x, 4) for x in (list(s.recent) + [dt])[-(s.recent.maxlen or 1):]],
+                     copies_won=s.copies_won + (1 if claim.backup else 0))
+        return value
 
     def release(self, claim: Claim, error: Optional[str] = None) -> None:
         """Give a slice back (the attempt failed in a way the worker survived)."""
@@ -356,14 +488,40 @@ class Dataset:
         for sink, ref in claim.outputs:
             sink.discard(ref)
         claim.outputs = []
-        claim_key = st.key(self.k.claim + sid)
-        st.txn(f"release slice {sid}", [tx.version(claim_key) > 0], [tx.delete(claim_key)])
-        if error:
-            self._record_error(sid, claim.attempt_no, error)
+        self.session.untrack(claim)
+        # A copy gives back only itself; the primary attempt it shadows goes on.
+        key = st.key(self.k.backup_of(sid, self.session.worker_id) if claim.backup else self.k.claim + sid)
+        if claim.record is not None:  # only our own attempt: after a lost lease the key may be another's
+            st.txn(f"release slice {sid}", [tx.value(key) == dumps(claim.record)], [tx.delete(key)])
+        if error and not claim.backup:
+            self.record_error(sid, self.session.worker_id, error)
         self.requeue(sid)
+        try:
+            self.session.beat(force=True)
+        except Exception:  # noqa: BLE001 - a heartbeat is advisory; the release itself is done
+            pass
 
-    def _record_error(self, sid: str, attempt_no: int, error: str) -> None:
-        self.store.put(self.k.attempts + sid, {"a": attempt_no, "e": error[-2000:]})
+    def record_error(self, sid: str, worker_id: str, error: str) -> bool:
+        """Note why ``worker_id``'s attempt at a slice failed, for the report and the failed/ record.
+
+        Written into ``attempts/<s>`` only while that attempt is still the latest (a newer attempt by
+        another worker has its own story); if the slice was meanwhile requeued or given up on, the
+        todo or failed record gets the error instead of a generic "its worker died".
+        """
+        st, tx = self.store, self.store.tx
+        error = error[-2000:]
+        attempts, meta = st.get(self.k.attempts + sid)
+        if attempts is None or attempts.get("w") != worker_id:
+            return False
+        ok, _ = st.txn(f"record error of slice {sid}", [tx.mod(st.key(self.k.attempts + sid)) == meta.mod_revision],
+                       [tx.put(st.key(self.k.attempts + sid), dumps(dict(attempts, e=error)))])
+        for prefix, fmt in ((self.k.todo, "{e}"), (self.k.failed, "failed {a} attempts; last: {e}")):
+            value, vmeta = st.get(prefix + sid)
+            if value is not None and value.get("e") != error and not value.get("w"):
+                text = fmt.format(a=value.get("a", attempts.get("a")), e=error)
+                st.txn(f"record error of slice {sid}", [tx.mod(st.key(prefix + sid)) == vmeta.mod_revision],
+                       [tx.put(st.key(prefix + sid), dumps(dict(value, e=text, w=worker_id)))])
+        return ok
 
     # ------------------------------------------------------------------ requeue / fail
     def _present(self) -> set:
@@ -446,9 +604,9 @@ class Dataset:
         st, tx = self.store, self.store.tx
         if st.get_value(self.k.finalized) is not None:
             return True
-        ok, _ = st.txn("take finalizer", [tx.version(st.key(self.k.finalizing)) == 0],
-                       [tx.put(st.key(self.k.finalizing), dumps({"w": self.session.worker_id}),
-                               lease=self.session.lease)])
+        ok, _ = self.session.leased(lambda lease: st.txn(
+            "take finalizer", [tx.version(st.key(self.k.finalizing)) == 0],
+            [tx.put(st.key(self.k.finalizing), dumps({"w": self.session.worker_id}), lease=lease)]))
         if not ok:
             return False
         try:

@@ -4,16 +4,21 @@ Everything lives under ``/aimaster/v1/jobs/<job-id>/``::
 
     job                         job record: state, created, options (master writes)
     master                      the elected master's record, bound to its lease
-    workers/<worker>            a live worker (bound to its lease): host, pid, started
-    stats/<worker>              a worker's counters: slices, items, first/last commit time
+    standby/<id>                a standby master waiting for the master key (bound to its lease)
+    workers/<worker>            a live worker (bound to its lease): host, pid, started, slot, launcher
+    beat/<worker>               a worker's progress heartbeat (bound to its lease): time, state, slices held
+    stats/<worker>              a worker's counters: slices, items, first/last commit time, recent slice
+                                durations, speculative copies started/won/lost
     ds/<ds>/plan                the dataset's plan; written last, so it exists only when complete
     ds/<ds>/planner             the process planning the dataset (bound to its lease)
     ds/<ds>/items/<chunk>       file datasets: the file list, in chunks of JSON arrays
     ds/<ds>/todo/<slice>        a free slice ({"a": attempts so far})
     ds/<ds>/claim/<slice>       the primary attempt of a slice in flight (bound to its worker's lease)
     ds/<ds>/backup/<slice>/<w>  a speculative copy of a slice in flight (bound to its worker's lease)
-    ds/<ds>/attempts/<slice>    attempts started so far and the last error (no lease: survives crashes)
-    ds/<ds>/done/<slice>        the one commit of a slice: attempt, worker, staged outputs
+    ds/<ds>/attempts/<slice>    primary attempts started so far ("a"), the worker of the latest ("w"),
+                                backups started for it ("b"), the last error ("e"); no lease: survives
+    ds/<ds>/done/<slice>        the one commit of a slice: attempt, worker, staged outputs, whether
+                                a speculative copy won ("spec")
     ds/<ds>/failed/<slice>      a slice given up on, with its error
     ds/<ds>/finalized           outputs of the whole dataset published (and sessions committed)
 """
@@ -37,7 +42,9 @@ def check_name(kind: str, value: str) -> str:
 
 JOB = "job"
 MASTER = "master"
+STANDBY = "standby/"
 WORKERS = "workers/"
+BEATS = "beat/"
 STATS = "stats/"
 DATASETS = "ds/"
 
@@ -48,6 +55,14 @@ def worker(worker_id: str) -> str:
 
 def stats(worker_id: str) -> str:
     return f"{STATS}{worker_id}"
+
+
+def beat(worker_id: str) -> str:
+    return f"{BEATS}{worker_id}"
+
+
+def standby(standby_id: str) -> str:
+    return f"{STANDBY}{standby_id}"
 
 
 class DatasetKeys:
@@ -70,3 +85,6 @@ class DatasetKeys:
 
     def item_chunk(self, n: int) -> str:
         return f"{self.items}{n:06d}"
+
+    def backup_of(self, slice_id: str, worker_id: str) -> str:
+        return f"{self.backup}{slice_id}/{worker_id}"

@@ -78,13 +78,19 @@ def current_session() -> WorkerSession:
 
 
 def _excepthook(exc_type, exc, tb, _previous=sys.excepthook):
-    """An uncaught user error (missing input dir, bad meta file...) is one line, not a traceback.
+    """A worker dying of an uncaught exception hands its slices back with the error, at once.
 
-    The worker then exits with USER_ERROR_EXIT, which tells the master that relaunching it would only
-    fail the same way.
+    The error then reaches the slice's attempt record, so a slice that fails every attempt (a poison
+    input) is reported failed *with its error* after the bounded number of attempts, and the slices
+    go back to the pool now instead of after the lease TTL.
+
+    An uncaught user error (missing input dir, bad meta file...) is one line, not a traceback, and
+    the worker exits with USER_ERROR_EXIT, which tells the master that relaunching it would only fail
+    the same way.
     """
     from aimaster.errors import AimasterError
 
+    _release_held(f"{exc_type.__name__}: {exc}".strip())
     if isinstance(exc, AimasterError):
         print(f"aimaster: error: {exc}", file=sys.stderr, flush=True)
         sys.stdout.flush()
@@ -92,6 +98,17 @@ def _excepthook(exc_type, exc, tb, _previous=sys.excepthook):
             _session.close()
         os._exit(USER_ERROR_EXIT)
     _previous(exc_type, exc, tb)
+
+
+def _release_held(error: str) -> None:
+    session = _session
+    if session is None or session.pid != os.getpid() or not session.claims:
+        return
+    for claim in list(session.claims.values()):
+        try:
+            claim.dataset.release(claim, error)
+        except Exception:  # noqa: BLE001 - dying anyway; the lease expiry gives the slice back
+            pass
 
 
 def install_excepthook() -> None:

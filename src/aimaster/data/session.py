@@ -1,28 +1,48 @@
 """A worker's presence in a job: an etcd lease kept alive by a background thread.
 
-Everything a worker holds (its registration, its slice claims) is bound to this lease, so when the
-process dies, etcd deletes those keys after ``ttl`` seconds and the slices become free again
-without anybody having to notice the death. A lease that expired anyway (the process was stopped
-with SIGSTOP, or etcd was down longer than the TTL) is replaced by a new one; the slices claimed under
-the old lease may have been handed out again, which is safe because only one attempt can commit.
+Everything a worker holds (its registration, its heartbeat, its slice claims) is bound to this
+lease, so when the process dies, etcd deletes those keys after ``ttl`` seconds and the slices become
+free again without anybody having to notice the death. A lease that expired anyway (the process was
+stopped with SIGSTOP, or etcd was down longer than the TTL) is replaced by a new one; the slices
+claimed under the old lease may have been handed out again, which is safe because only one attempt
+can commit.
+
+The session also keeps what the control plane needs to see about this worker: the attempts it holds
+(so an uncaught exception can hand them back with its error, and the master knows which slices a
+dead worker had), a heartbeat (so a hung worker can be told from a busy one) and its counters.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import os
 import socket
 import threading
 import time
-from typing import Callable, List
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple, TypeVar
+
+import grpc
 
 from aimaster.data import keys
 from aimaster.data.store import Store
 
+if TYPE_CHECKING:
+    from aimaster.data.coordinator import Claim
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = int(os.environ.get("AIMASTER_LEASE_TTL", "10"))
+RECENT = 8  # slice durations kept per worker for the control plane's robust statistics
+BEAT_EVERY = 1.0  # at most one stand-alone heartbeat write per second (claims and commits carry one anyway)
+T = TypeVar("T")
+
+
+def lease_not_found(error: BaseException) -> bool:
+    """etcd's answer to a write bound to a lease that has expired (or was revoked) meanwhile."""
+    return isinstance(error, grpc.RpcError) and hasattr(error, "code") \
+        and error.code() == grpc.StatusCode.NOT_FOUND and "lease" in str(error.details() or "")
 
 
 class WorkerSession:
@@ -36,16 +56,33 @@ class WorkerSession:
         self.host = socket.gethostname()
         self.started = time.time()
         self._register = register
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._closed = threading.Event()
         self._on_new_lease: List[Callable[[], None]] = []
         self.lease = None
         self.lease_generation = 0
-        # Counters published with each commit (stats/<worker>) for status and throughput.
+        # Counters published with each commit (stats/<worker>) for status, throughput and the report.
         self.slices_committed = 0
         self.items_committed = 0
-        self.first_commit = None
+        self.first_commit: Optional[float] = None
+        self.recent: Deque[float] = collections.deque(maxlen=RECENT)
+        self.busy = 0.0
+        self.copies_started = 0
+        self.copies_won = 0
+        self.copies_lost = 0
+        self.primaries_lost = 0
         self.standalone = False
+        # Attempts this process holds, by (dataset, slice, attempt): handed back if the program dies
+        # of an exception, and listed in the heartbeat so the master knows what a dead worker had.
+        self.claims: Dict[Tuple[str, str, str], Claim] = {}
+        self.state = "working"
+        self._last_beat = 0.0
+        # Who launched us (a master's slot or an `aimaster join`): a restarted master adopts the
+        # workers its predecessor launched instead of starting as many again.
+        own = os.environ.get("AIMASTER_WORKER_ID") == worker_id
+        self.slot = _int_env("AIMASTER_WORKER_SLOT") if own else None
+        self.incarnation = _int_env("AIMASTER_WORKER_INCARNATION") if own else None
+        self.launcher = os.environ.get("AIMASTER_LAUNCHER") if own else None
         self._new_lease()
         self._thread = threading.Thread(target=self._keepalive, name="aimaster-lease", daemon=True)
         self._thread.start()
@@ -57,23 +94,82 @@ class WorkerSession:
             self.lease = self.store.grant_lease(self.ttl)
             self.lease_generation += 1
             if self._register:
-                self.store.put(
-                    keys.worker(self.worker_id),
-                    {"host": self.host, "pid": self.pid, "started": self.started, "ttl": self.ttl,
-                     "lease": self.lease.id},
-                    lease=self.lease,
-                )
+                record: Dict[str, Any] = {"host": self.host, "pid": self.pid, "started": self.started,
+                                          "ttl": self.ttl, "lease": self.lease.id}
+                if self.slot is not None:
+                    record.update(slot=self.slot, incarnation=self.incarnation or 0, launcher=self.launcher)
+                self.store.put(keys.worker(self.worker_id), record, lease=self.lease)
+        for callback in list(self._on_new_lease):
+            callback()
+
+    def renew_lease(self, generation: int) -> None:
+        """Replace the lease, unless another thread already did since ``generation``."""
+        with self._lock:
+            if self.lease_generation == generation:
+                log.warning("aimaster: worker %s lost its etcd lease; taking a new one", self.worker_id)
+                self._new_lease()
+
+    def leased(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(lease)`` (a write bound to our lease), renewing the lease once if it had expired.
+
+        A worker stopped for longer than its TTL (SIGSTOP, a long GC or swap storm, etcd down) comes
+        back with a dead lease; its next claim must not fail the program for that.
+        """
+        generation, lease = self.lease_generation, self.lease
+        try:
+            return fn(lease)
+        except grpc.RpcError as e:
+            if not lease_not_found(e):
+                raise
+        self.renew_lease(generation)
+        return fn(self.lease)
+
+    def on_new_lease(self, callback: Callable[[], None]) -> None:
+        self._on_new_lease.append(callback)
 
     def _keepalive(self) -> None:
         interval = self.ttl / 3.0
         while not self._closed.wait(interval):
             try:
+                generation = self.lease_generation
                 remaining = self.store.refresh_lease(self.lease)
                 if remaining <= 0:
-                    log.warning("aimaster: worker %s lost its etcd lease; taking a new one", self.worker_id)
-                    self._new_lease()
+                    self.renew_lease(generation)
             except Exception as e:  # noqa: BLE001 - the keep-alive thread must never die
                 log.warning("aimaster: lease keep-alive failed (%s); retrying", e)
+
+    # ------------------------------------------------------------------ what the master sees
+    def track(self, claim: Claim) -> None:
+        self.claims[(claim.dataset.ds_id, claim.slice_id, claim.attempt)] = claim
+
+    def untrack(self, claim: Claim) -> None:
+        self.claims.pop((claim.dataset.ds_id, claim.slice_id, claim.attempt), None)
+
+    def beat_value(self, state: Optional[str] = None) -> Dict[str, Any]:
+        if state is not None:
+            self.state = state
+        self._last_beat = time.monotonic()
+        held = sorted({f"{ds}/{sid}" for ds, sid, _ in list(self.claims)})  # list(): another thread may claim
+        return {"t": time.time(), "state": self.state, "held": held, "slices": self.slices_committed}
+
+    def beat(self, state: Optional[str] = None, force: bool = False) -> None:
+        """Publish a heartbeat (throttled): the master's hang detection watches these."""
+        changed = state is not None and state != self.state
+        if not (force or changed) and time.monotonic() - self._last_beat < BEAT_EVERY:
+            return
+        if self._register:
+            value = self.beat_value(state)
+            self.leased(lambda lease: self.store.put(keys.beat(self.worker_id), value, lease=lease))
+
+    def stats_value(self) -> Dict[str, Any]:
+        return {"host": self.host, "pid": self.pid, "slices": self.slices_committed,
+                "items": self.items_committed, "first": self.first_commit, "last": time.time(),
+                "started": self.started, "recent": [round(x, 4) for x in self.recent],
+                "busy": round(self.busy, 3), "copies": self.copies_started, "copies_won": self.copies_won,
+                "copies_lost": self.copies_lost, "primaries_lost": self.primaries_lost}
+
+    def publish_stats(self) -> None:
+        self.store.put(keys.stats(self.worker_id), self.stats_value())
 
     def close(self) -> None:
         """Release the lease now, so our claims come back at once instead of after the TTL."""
@@ -83,3 +179,8 @@ class WorkerSession:
         if self.lease is not None:
             self.store.revoke_lease(self.lease)
         self.store.close()
+
+
+def _int_env(name: str) -> Optional[int]:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else None

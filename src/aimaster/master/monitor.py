@@ -133,7 +133,7 @@ class JobMonitor:
             if not plan:
                 continue
             if not isinstance(plan.get("num_slices"), int):
-                raise EtcdDataError(f"plan of dataset {ds_id} has no valid num_slices")
+                raise EtcdDataError(f"value at {self.store.key(k.plan)} has no valid num_slices")
             st = self.store
             out.append(DatasetView(
                 ds_id=ds_id, kind=str(plan.get("kind")), total=plan["num_slices"],

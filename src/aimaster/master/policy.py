@@ -9,13 +9,21 @@
 ``--max-num-of-same-error N``: the same failure (same kind, code and last error line) N times fails
 the job, so a bug that kills every worker does not relaunch forever.
 ``--job-execution-mode``: ``Async`` relaunches only the failed worker; ``Sync`` restarts every worker.
+
+A failure is classified from what the master can see of a dead worker: its exit code, or the signal
+that killed it (an exit code of 128+N from a shell wrapper counts as signal N), whether the kernel's
+OOM killer fired meanwhile (read from the cgroup's ``memory.events``; where that is unavailable, a
+SIGKILL the master did not send is reported as *possibly* OOM: kernel logs are not readable from
+here), and the last line it wrote to stderr. The master's own kills are their own kinds: ``hang``
+(no progress for ``--job-hang-interval``) and ``lost`` (an adopted worker that vanished; its exit
+status belonged to the previous master).
 """
 
 from __future__ import annotations
 
 import re
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 from aimaster.errors import ConfigError
@@ -30,28 +38,41 @@ _TRANSIENT_MSG = re.compile(
 
 @dataclass(frozen=True)
 class Failure:
-    kind: str  # "signal", "exit", "hang"
+    kind: str  # "signal", "exit", "hang", "lost"
     code: int
     message: str
+    oom: Optional[bool] = field(default=None, compare=False)  # None: could not tell
 
     @property
     def signature(self) -> str:
         return f"{self.kind}:{self.code}:{_normalise(self.message)}"
 
+    @property
+    def cause(self) -> str:
+        """Short label for counting relaunches by cause in the report."""
+        if self.kind == "signal" and self.oom:
+            return "oom"
+        return self.kind if self.kind in ("hang", "lost") else f"{self.kind}:{self.code}"
+
     def describe(self) -> str:
         if self.kind == "signal":
             name = _signal_name(self.code)
-            hint = " (out of memory? the OOM killer sends SIGKILL)" if self.code == signal.SIGKILL else ""
+            hint = ""
+            if self.code == signal.SIGKILL:
+                hint = (" by the kernel's OOM killer" if self.oom else
+                        "" if self.oom is False else " (possibly OOM: the kernel's OOM killer sends SIGKILL)")
             head = f"killed by {name}{hint}"
         elif self.kind == "hang":
-            head = "hung (no progress) and was killed"
+            head = f"hung (no progress for {self.code}s) and was killed"
+        elif self.kind == "lost":
+            head = "vanished (adopted from a previous master; exit status unknown)"
         else:
             head = f"exited with code {self.code}"
         return f"{head}: {self.message}" if self.message else head
 
     @property
     def transient(self) -> bool:
-        return self.kind in ("signal", "hang") or bool(_TRANSIENT_MSG.search(self.message or ""))
+        return self.kind in ("signal", "hang", "lost") or bool(_TRANSIENT_MSG.search(self.message or ""))
 
 
 def _signal_name(num: int) -> str:
@@ -66,10 +87,29 @@ def _normalise(message: str) -> str:
     return re.sub(r"0x[0-9a-f]+|\d+", "N", message or "")[:300]
 
 
-def classify_exit(returncode: int, last_error_line: str = "") -> Failure:
+def classify_exit(returncode: int, last_error_line: str = "", oom: Optional[bool] = None) -> Failure:
     if returncode < 0:
-        return Failure("signal", -returncode, last_error_line)
+        return Failure("signal", -returncode, last_error_line, oom)
+    if 128 < returncode < 128 + 65 and not last_error_line:  # `sh -c` reports a killed child as 128+N
+        return Failure("signal", returncode - 128, last_error_line, oom)
     return Failure("exit", returncode, last_error_line)
+
+
+_OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+
+def oom_kill_count() -> Optional[int]:
+    """The OOM killer's kill count in this process's cgroup (v2 or v1), or None where unreadable."""
+    for path in _OOM_FILES:
+        try:
+            with open(path) as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name == "oom_kill" and value.strip().isdigit():
+                        return int(value)
+        except OSError:
+            continue
+    return None
 
 
 @dataclass

@@ -72,18 +72,25 @@ class JobStateDir:
             return None
         return f"127.0.0.1:{port}" if _port_open(port) else None
 
-    def start_etcd(self) -> EmbeddedEtcd:
-        """Start the job's embedded etcd on its data directory, reusing its old ports when free."""
+    def start_etcd(self, port: Optional[int] = None, peer_port: Optional[int] = None) -> EmbeddedEtcd:
+        """Start the job's embedded etcd on its data directory.
+
+        With ``port`` (a restart under running workers) exactly that port is used, since every
+        client already knows it; otherwise the old ports are reused when free, new ones taken if not.
+        """
         os.makedirs(self.etcd_dir, exist_ok=True)
         info = self.read_json(self.etcd_info) or {}
-        port = info.get("port") if isinstance(info.get("port"), int) else None
-        if port is not None and _port_open(port):
-            port = None
+        if port is None:
+            port = info.get("port") if isinstance(info.get("port"), int) else None
+            if port is not None and _port_open(port):
+                port = None
+            peer_port = info.get("peer_port") if isinstance(info.get("peer_port"), int) else None
+            if peer_port is not None and _port_open(peer_port):
+                peer_port = None
         etcd = EmbeddedEtcd(data_dir=self.etcd_dir, client_port=port or free_port(),
                             log_path=os.path.join(self.path, "etcd.log"))
-        peer = info.get("peer_port")
-        if isinstance(peer, int) and not _port_open(peer):
-            etcd.peer_port = peer
+        if isinstance(peer_port, int):
+            etcd.peer_port = peer_port
         etcd.start()
         self.write_json(self.etcd_info, {"pid": etcd.process.pid, "port": etcd.client_port,
                                          "peer_port": etcd.peer_port})

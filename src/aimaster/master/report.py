@@ -1,0 +1,94 @@
+"""The job report: ``report.json`` in the state directory and the summary printed at the end.
+
+It answers what a user asks after a job, especially one that went through failures: did every
+slice commit, which failed and why, how many attempts the slices took, how much speculation ran
+and whether it paid off, how often and why workers were relaunched or replaced, and how fast each
+worker was.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Tuple
+
+from aimaster.master.monitor import JobView
+from aimaster.master.progress import format_duration
+
+
+def attempts_summary(committed: Iterable[Tuple[str, Dict[str, Any]]]) -> Dict[str, Any]:
+    """How many attempts committed slices took (from their commit records)."""
+    counts: Dict[int, int] = {}
+    copies_won = 0
+    for _, record in committed:
+        a = record.get("a") if isinstance(record.get("a"), int) else 1
+        counts[a] = counts.get(a, 0) + 1
+        copies_won += 1 if record.get("spec") else 0
+    total = sum(counts.values())
+    return {
+        "first_try": counts.get(1, 0),
+        "retried": total - counts.get(1, 0),
+        "max": max(counts) if counts else 0,
+        "histogram": {str(k): v for k, v in sorted(counts.items())},
+        "copies_won_slices": copies_won,
+    }
+
+
+def worker_rows(view: JobView, stats_by_worker: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """``aimaster status``'s per-worker rows, plus throughput over the worker's life until its last
+    commit (start-up included) and its speculation counters."""
+    rows = []
+    for row, w in zip(view.to_json()["workers"], view.workers):
+        stats = stats_by_worker.get(w.worker_id) or {}
+        elapsed = (w.last - w.started) if w.last and w.started and w.last > w.started else None
+        row.update({
+            "slices_per_s": round(w.slices / elapsed, 3) if elapsed else 0.0,
+            "items_per_s": round(w.items / elapsed, 2) if elapsed else 0.0,
+            "copies": stats.get("copies", 0), "copies_won": stats.get("copies_won", 0),
+            "copies_lost": stats.get("copies_lost", 0), "primaries_lost": stats.get("primaries_lost", 0),
+        })
+        rows.append(row)
+    return rows
+
+
+def speculation_summary(rows: List[Dict[str, Any]], copies_won_slices: int) -> Dict[str, int]:
+    def total(name: str) -> int:
+        return sum(int(r.get(name) or 0) for r in rows)
+
+    return {
+        "copies_started": total("copies"),
+        "won": max(total("copies_won"), copies_won_slices),
+        "lost": total("copies_lost"),
+        "primaries_beaten": total("primaries_lost"),
+    }
+
+
+def summary_lines(report: Dict[str, Any], report_path: str) -> List[str]:
+    s = report["slices"]
+    relaunches = report.get("relaunches", {})
+    lines = [f"job {report['job_id']} {report['state']} in {format_duration(report['duration_s'])}: "
+             f"{s['committed']}/{s['total']} slices committed, {s['failed']} failed, "
+             f"{sum(relaunches.values())} worker relaunch(es)"]
+    if report.get("reason"):
+        lines.append(f"  reason: {report['reason']}")
+    a = report.get("attempts") or {}
+    if a.get("retried"):
+        lines.append(f"  attempts: {a['first_try']} slice(s) committed at the first attempt, {a['retried']} "
+                     f"after retries (at most {a['max']})")
+    sp = report.get("speculation") or {}
+    if sp.get("copies_started") or sp.get("won"):
+        lines.append(f"  speculative copies: {sp.get('copies_started', 0)} started, {sp.get('won', 0)} won, "
+                     f"{sp.get('lost', 0)} lost")
+    if relaunches:
+        lines.append("  relaunches by cause: " + ", ".join(f"{k} {v}" for k, v in sorted(relaunches.items())))
+    if report.get("replaced_slow"):
+        lines.append(f"  slow workers replaced: {', '.join(report['replaced_slow'])}")
+    if report.get("adopted"):
+        lines.append(f"  workers adopted from the previous master: {', '.join(report['adopted'])}")
+    for f in report.get("failed_slices", [])[:20]:
+        lines.append(f"  failed slice {f['dataset']}/{f['slice']}: {f['error']}")
+    busy = [w for w in report.get("workers", []) if w.get("slices")]
+    if busy:
+        lines.append("  per-worker throughput: " + ", ".join(
+            f"{w['worker_id']} {w['slices']} slices ({w['items_per_s']:.1f} items/s)" for w in busy[:12])
+            + (" ..." if len(busy) > 12 else ""))
+    lines.append(f"  report: {report_path}")
+    return lines

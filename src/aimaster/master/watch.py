@@ -1,0 +1,136 @@
+"""What the master knows of every worker of the job, read from etcd each round.
+
+Workers publish three things (see :mod:`aimaster.data.keys`): a registration and a heartbeat, both
+bound to their lease, and counters that outlive them. From these the watch keeps, per worker:
+
+* whether it is registered (its lease is alive);
+* when it last made *progress*, on the master's own clock: the moment the master first saw its
+  heartbeat change (heartbeats ride on every claim and commit), so clock skew between machines
+  never makes a busy worker look hung or a hung one look busy;
+* the slices it held at its last heartbeat, so that when it dies the master can record the error
+  against them and hand them out again at once;
+* its recent slice durations, and how long each of its in-flight slices has been running (again on
+  the master's clock, from when the master first saw the claim).
+
+It also reports *departures*: workers whose registration vanished (process died, or lease lost).
+
+When the master itself could not look for a while (etcd was down, or the master was stopped), that
+blind interval is not counted against anybody: ages and idle times are shifted past it, so an etcd
+restart does not make every worker look slow or hung at once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from aimaster.data import keys
+from aimaster.data.keys import DatasetKeys
+from aimaster.data.store import Store
+
+
+@dataclass
+class WorkerInfo:
+    worker_id: str
+    first_seen: float
+    last_progress: float
+    registered: bool = False
+    record: Dict[str, Any] = field(default_factory=dict)
+    beat: Dict[str, Any] = field(default_factory=dict)
+    beat_rev: int = 0
+    stats: Dict[str, Any] = field(default_factory=dict)
+    departed_at: Optional[float] = None  # when its registration was first seen gone (master's clock)
+
+    @property
+    def held(self) -> List[str]:
+        """``"<dataset>/<slice>"`` of every attempt held at the last heartbeat."""
+        held = self.beat.get("held")
+        return [h for h in held if isinstance(h, str) and "/" in h] if isinstance(held, list) else []
+
+    @property
+    def state(self) -> str:
+        return str(self.beat.get("state", "starting"))
+
+    @property
+    def recent(self) -> List[float]:
+        recent = self.stats.get("recent")
+        if not isinstance(recent, list):
+            return []
+        return [float(x) for x in recent if isinstance(x, (int, float)) and not isinstance(x, bool)]
+
+
+class WorkerWatch:
+    def __init__(self, store: Store, blind_after: float = 3.0):
+        self.store = store
+        self.blind_after = blind_after
+        self._last_refresh: Optional[float] = None
+        self.workers: Dict[str, WorkerInfo] = {}
+        self._claim_seen: Dict[Tuple[str, str, str], float] = {}
+        self.inflight: Dict[str, List[Tuple[str, str, float]]] = {}  # worker -> [(ds, slice, age)]
+
+    def get(self, worker_id: str) -> Optional[WorkerInfo]:
+        return self.workers.get(worker_id)
+
+    def registered(self, worker_id: str) -> bool:
+        info = self.workers.get(worker_id)
+        return bool(info and info.registered)
+
+    def refresh(self, dataset_ids: Iterable[str] = ()) -> List[WorkerInfo]:
+        """Read the job's workers; return those whose registration vanished since the last call."""
+        st = self.store
+        regs = {rel[len(keys.WORKERS):]: value for rel, value, _ in st.range(keys.WORKERS)}
+        beats = {rel[len(keys.BEATS):]: (value, meta.mod_revision) for rel, value, meta in st.range(keys.BEATS)}
+        stats = {rel[len(keys.STATS):]: value for rel, value, _ in st.range(keys.STATS)}
+        now = time.monotonic()
+        if self._last_refresh is not None and now - self._last_refresh > self.blind_after:
+            self._forgive(now - self._last_refresh)
+        self._last_refresh = now
+        departed = []
+        for wid in set(regs) | set(beats) | set(stats) | set(self.workers):
+            info = self.workers.get(wid)
+            if info is None:
+                info = self.workers[wid] = WorkerInfo(wid, first_seen=now, last_progress=now)
+            was = info.registered
+            info.registered = wid in regs
+            if info.registered:
+                info.record = regs[wid]
+            if wid in beats:
+                value, rev = beats[wid]
+                if rev != info.beat_rev:
+                    info.beat_rev, info.beat, info.last_progress = rev, value, now
+            if wid in stats:
+                if stats[wid].get("slices") != info.stats.get("slices"):
+                    info.last_progress = now
+                info.stats = stats[wid]
+            if was and not info.registered:
+                departed.append(info)
+                info.departed_at = now
+            elif info.registered:
+                info.departed_at = None
+        self._refresh_claims(dataset_ids, now)
+        return departed
+
+    def _refresh_claims(self, dataset_ids: Iterable[str], now: float) -> None:
+        seen: Dict[Tuple[str, str, str], float] = {}
+        inflight: Dict[str, List[Tuple[str, str, float]]] = {}
+        for ds_id in dataset_ids:
+            k = DatasetKeys(ds_id)
+            for rel, value, _ in self.store.range(k.claim):
+                sid = rel[len(k.claim):]
+                key = (ds_id, sid, str(value.get("at")))
+                first = seen[key] = self._claim_seen.get(key, now)
+                inflight.setdefault(str(value.get("w")), []).append((ds_id, sid, now - first))
+        self._claim_seen = seen
+        self.inflight = inflight
+
+    def _forgive(self, blind: float) -> None:
+        for info in self.workers.values():
+            info.last_progress += blind
+        self._claim_seen = {k: t + blind for k, t in self._claim_seen.items()}
+
+    def oldest_inflight(self, worker_id: str) -> float:
+        return max((age for _, _, age in self.inflight.get(worker_id, [])), default=0.0)
+
+    def durations(self) -> Dict[str, List[float]]:
+        return {wid: info.recent for wid, info in self.workers.items() if info.recent}

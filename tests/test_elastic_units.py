@@ -1,0 +1,166 @@
+"""The elastic control plane's pieces, one at a time: policies on plain data, slice transitions on a real etcd."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from aimaster.data import OutOfRangeException
+from aimaster.data.coordinator import Dataset, PlanData
+from aimaster.data.speculation import copy_candidates, family, min_age, pooled_durations
+from aimaster.master.hang import HangDetector
+from aimaster.master.launcher import Worker
+from aimaster.master.policy import Failure, FaultPolicy, classify_exit
+from aimaster.master.slowness import SlowWorkerPolicy
+from aimaster.master.watch import WorkerInfo
+
+# ---------------------------------------------------------------------------------- policies
+
+
+def test_slow_worker_needs_peers_samples_and_a_real_gap():
+    policy = SlowWorkerPolicy(multiplier=3.0, min_samples=5, min_gap=1.0)
+    fast = [0.5] * 8
+    durations = {"w0": fast, "w1": fast, "w2": fast, "w3": []}
+    # w3 has no durations yet; its first slice has run 2 s against a 0.5 s median: slow.
+    assert [w for w, _, _ in policy.find(["w0", "w1", "w2", "w3"], durations, {"w3": 2.0})] == ["w3"]
+    # Too few peer samples: nobody is judged.
+    assert policy.find(["w3"], {"w0": [0.5, 0.5], "w3": []}, {"w3": 9.0}) == []
+    # 3x the median but less than a second more: noise, not slowness.
+    assert policy.find(["w3"], {"w0": [0.1] * 8, "w3": []}, {"w3": 0.5}) == []
+    # An established worker is judged by its own median, not by one long in-flight slice.
+    assert policy.find(["w2"], durations, {"w2": 30.0}) == []
+    assert [w for w, _, _ in policy.find(["w2"], dict(durations, w2=[5.0] * 8), {})] == ["w2"]
+    assert SlowWorkerPolicy(multiplier=0).find(["w3"], durations, {"w3": 99.0}) == []
+
+
+def test_speculation_copies_the_longest_running_slice_of_another_worker():
+    claims = [("a", {"w": "w1", "t": 100.0, "a": 1}), ("b", {"w": "w2", "t": 90.0, "a": 2}),
+              ("c", {"w": "w0.4242", "t": 50.0, "a": 1}), ("d", {"w": "w3", "t": 99.5, "a": 1})]
+    got = copy_candidates(claims, "w0", mine={"zz"}, now=100.5, age_needed=0.9)
+    assert [sid for _, sid, _ in got] == ["b", "d"]  # longest first; own family and too young left out
+    assert family("w0.4242") == "w0" and family("host.corp-7") == "host.corp-7"
+    assert min_age([1.0, 2.0], 1.5) == 0.0  # too few durations: copy anything held
+    assert min_age([1.0, 2.0, 3.0], 1.5) == 3.0
+    assert pooled_durations([("w0", {"recent": [1, 2.5, "x", -1]}), ("w1", {"recent": [3]})], exclude="w1") == [1, 2.5]
+
+
+def test_failure_classification():
+    assert classify_exit(-9).describe() == "killed by SIGKILL (possibly OOM: the kernel's OOM killer sends SIGKILL)"
+    oom = classify_exit(-9, "", oom=True)
+    assert oom.describe() == "killed by SIGKILL by the kernel's OOM killer" and oom.cause == "oom"
+    assert classify_exit(-9, "", oom=False).describe() == "killed by SIGKILL"
+    assert classify_exit(137).kind == "signal" and classify_exit(137).code == signal.SIGKILL  # sh -c wrapper
+    err = classify_exit(1, "ValueError: bad input 17")
+    assert err.describe() == "exited with code 1: ValueError: bad input 17" and err.cause == "exit:1"
+    assert err.signature == classify_exit(1, "ValueError: bad input 18").signature  # numbers masked
+    assert not err.transient and classify_exit(1, "grpc: connection reset by peer").transient
+    assert Failure("hang", 30, "").describe() == "hung (no progress for 30s) and was killed"
+
+
+def test_fault_policies():
+    assert FaultPolicy(max_same_error=2).record(classify_exit(1, "boom")) is None
+    policy = FaultPolicy(max_same_error=2)
+    policy.record(classify_exit(1, "boom 1"))
+    assert "2 times" in policy.record(classify_exit(1, "boom 2"))
+    assert "Never" in FaultPolicy(policy="Never").record(classify_exit(-9))
+    strict = FaultPolicy(policy="ExitCodeAndErrorMsg")
+    assert strict.record(classify_exit(-9)) is None
+    assert "not a transient failure" in strict.record(classify_exit(1, "KeyError: 'x'"))
+
+
+class _Proc(Worker):
+    def __init__(self):
+        super().__init__()
+        self.worker_id, self.slot, self.incarnation, self.started = "w0", 0, 0, time.time()
+
+    @property
+    def pid(self):
+        return 1
+
+    def poll(self):
+        return None
+
+    def signal(self, sig):
+        pass
+
+
+def test_hang_detection_counts_from_the_last_progress_and_spares_waiting_workers():
+    w = _Proc()
+    t = w.launched
+    detector = HangDetector(10)
+    info = WorkerInfo("w0", first_seen=t, last_progress=t + 5, registered=True, beat={"state": "working"})
+    assert detector.hung(w, info, now=t + 14) is None
+    assert detector.hung(w, info, now=t + 16) == pytest.approx(11)
+    waiting = WorkerInfo("w0", first_seen=t, last_progress=t, registered=True, beat={"state": "waiting"})
+    assert detector.hung(w, waiting, now=t + 100) is None
+    waiting.registered = False  # its lease lapsed: stopped, not waiting
+    assert detector.hung(w, waiting, now=t + 100) == pytest.approx(100)
+
+
+# ---------------------------------------------------------------------------------- on a real etcd
+
+
+def _plan(n):
+    return lambda: PlanData("files", n, {"base": "/"}, [f"f{i}" for i in range(n)])
+
+
+def test_copy_commit_race_and_release(make_session, monkeypatch):
+    monkeypatch.setenv("AIMASTER_SPECULATION_MULTIPLIER", "0")
+    a, b, c = make_session("A"), make_session("B"), make_session("C")
+    da, db, dc = Dataset(a, "d"), Dataset(b, "d"), Dataset(c, "d")
+    for d in (da, db, dc):
+        d.ensure_plan(_plan(4), 2)
+    first, second = da.next_claim(), da.next_claim()
+    assert a.store.get_value("beat/A")["held"] == ["d/000000", "d/000001"]
+    copy = db.next_claim()  # nothing free: B copies the longest-running slice of A
+    assert copy.backup and copy.slice_id == first.slice_id and copy.attempt_no == first.attempt_no
+    other = dc.try_copy()
+    assert other is not None and other.slice_id == second.slice_id
+    assert db.try_copy() is None and dc.try_copy() is None  # one copy per attempt; never of one's own
+    # C gives its copy back: only the copy goes, A's claim of the slice stays.
+    dc.release(other, "C gave up")
+    assert a.store.get_value(f"ds/d/claim/{second.slice_id}")["w"] == "A"
+    assert a.store.keys(f"ds/d/backup/{second.slice_id}/") == []
+    assert a.store.get_value(f"ds/d/attempts/{second.slice_id}")["e"] is None  # a copy's error is its own
+    # The copy commits first and wins; A's later commit of the same slice loses.
+    assert db.commit(copy) is True
+    assert da.commit(first) is False
+    assert da.commit(second) is True
+    done = dict(da.committed())
+    assert done[first.slice_id]["spec"] is True and done[first.slice_id]["w"] == "B"
+    assert a.store.keys("ds/d/backup/") == [] and a.store.keys("ds/d/claim/") == []
+    stats_a, stats_b = a.store.get_value("stats/A"), a.store.get_value("stats/B")
+    assert stats_a["primaries_lost"] == 1 and stats_a["slices"] == 1
+    assert stats_b["copies"] == 1 and stats_b["copies_won"] == 1 and len(stats_b["recent"]) == 1
+
+
+def test_error_recorded_against_a_dead_workers_slice_reaches_failed(make_session):
+    a, m = make_session("A"), make_session("master")
+    da = Dataset(a, "p", max_attempts=1)
+    da.ensure_plan(_plan(2), 1)
+    dm = Dataset(m, "p", max_attempts=1)
+    dm.load_plan()
+    claim = da.next_claim()
+    assert dm.record_error(claim.slice_id, "B", "not B's") is False  # only the latest attempt's worker
+    assert dm.record_error(claim.slice_id, "A", "exited with code 17: poison") is True
+    a.store.client.revoke_lease(a.lease.id)  # A dies
+    assert dm.requeue(claim.slice_id)
+    [(sid, rec)] = list(dm.failed())
+    assert sid == claim.slice_id and rec["e"] == "failed 1 attempts; last: exited with code 17: poison"
+
+
+def test_a_claim_whose_lease_expired_renews_the_lease(make_session):
+    a = make_session("A")
+    d = Dataset(a, "l")
+    d.ensure_plan(_plan(2), 1)
+    generation = a.lease_generation
+    a.store.client.revoke_lease(a.lease.id)  # as if stopped longer than the TTL
+    claim = d.next_claim()
+    assert a.lease_generation == generation + 1 and claim.lease_generation == a.lease_generation
+    assert d.commit(claim)
+    d.commit(d.next_claim())
+    with pytest.raises(OutOfRangeException):
+        d.next_claim()
+    assert a.store.get_value("beat/A")["state"] == "done"
