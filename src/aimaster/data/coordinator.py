@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = int(os.environ.get("AIMASTER_MAX_SLICE_ATTEMPTS", "4"))
 CHUNK_BYTES = 256 * 1024  # file-list chunk size: well under etcd's 1.5 MiB request limit
 TXN_OPS = 100  # etcd's default --max-txn-ops is 128
-CANDIDATES = 64  # claim among the first N free slices, at random, so workers rarely collide
+CANDIDATES = 64  # claim among N free slices, at random, so workers rarely collide
+CLAIM_WINDOW = 1024  # slices spanned by one candidate read
 
 
 @dataclass
@@ -259,10 +260,7 @@ class Dataset:
         st, tx = self.store, self.store.tx
         for _ in range(4 * CANDIDATES):
             if not self._candidates:
-                self._candidates = [
-                    (rel[len(self.k.todo):], value, meta.mod_revision)
-                    for rel, value, meta in st.range(self.k.todo, limit=CANDIDATES)
-                ]
+                self._refill_candidates()
                 if not self._candidates:
                     return None
             # Alone (standalone), go in order; among peers, pick at random so claims rarely collide.
@@ -284,7 +282,32 @@ class Dataset:
                            tx.put(st.key(self.k.attempts + sid), dumps(attempts))],
                           record):
                 return claim
+            # Lost to another worker: our window is contended; look elsewhere next time.
+            self._candidates = []
         return None
+
+    def _refill_candidates(self) -> None:
+        """Candidate free slices: a random window of the todo keys, else the first ones.
+
+        Every worker reading the *first* free slices makes them all race for the same keys (each lost
+        race is a wasted transaction); a random, bounded window spreads them out, and a bounded key
+        range keeps the read cheap (etcd counts every key of a range, whatever the limit).
+        """
+        st, todo = self.store, self.k.todo
+        found: List[Tuple[str, Any, Any]] = []
+        standalone = getattr(self.session, "standalone", False)
+        if not standalone and self.num_slices > CANDIDATES:
+            for _ in range(2):
+                r = random.randrange(self.num_slices)
+                end = r + CLAIM_WINDOW
+                found = st.range_between(todo + self.slice_id(r),
+                                         todo + self.slice_id(end) if end < self.num_slices else None,
+                                         limit=CANDIDATES)
+                if found:
+                    break
+        if not found:
+            found = st.range(todo, limit=CANDIDATES)
+        self._candidates = [(rel[len(todo):], value, meta.mod_revision) for rel, value, meta in found]
 
     def _take(self, claim: Claim, what: str, key: str, compare: list, ops: list, record: Dict[str, Any]) -> bool:
         """Create ``key`` (our attempt, bound to our lease) with ``ops`` if ``compare`` holds.
@@ -524,23 +547,32 @@ class Dataset:
         return ok
 
     # ------------------------------------------------------------------ requeue / fail
-    def _present(self) -> set:
-        present = set()
-        for prefix in (self.k.todo, self.k.claim, self.k.done, self.k.failed):
+    def _suspects(self) -> List[str]:
+        """Slices that may have lost their holder: attempted, but neither claimed nor copied now.
+
+        Every claim writes ``attempts/<s>`` and every commit deletes it, so the attempted-but-not-
+        committed slices are about the ones in flight: scanning them (not todo/done, which may hold
+        millions) keeps this cheap however large the dataset. A suspect still in todo, done or failed
+        is filtered by the requeue transaction's own comparisons.
+        """
+        def ids(prefix: str, nested: bool = False) -> set:
             n = len(prefix)
+            out = set()
             for rel, _, _ in self.store.iter_prefix_chunks(prefix):
-                present.add(rel[n:])
-        for rel, _, _ in self.store.iter_prefix_chunks(self.k.backup):
-            present.add(rel[len(self.k.backup):].split("/", 1)[0])
-        return present
+                out.add(rel[n:].split("/", 1)[0] if nested else rel[n:])
+            return out
+
+        attempted = ids(self.k.attempts)
+        if not attempted:
+            return []
+        held = ids(self.k.claim) | ids(self.k.backup, nested=True)
+        return sorted(attempted - held)
 
     def requeue_lost(self) -> int:
         """Put back every slice that is in no state (its holder's lease expired). Returns how many."""
-        present = self._present()
         n = 0
-        for i in range(self.num_slices):
-            sid = self.slice_id(i)
-            if sid not in present and self.requeue(sid):
+        for sid in self._suspects():
+            if self.requeue(sid):
                 n += 1
         if n:
             self._candidates = []

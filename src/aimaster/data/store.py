@@ -267,6 +267,26 @@ class Store:
             out.append((key[n:], None if keys_only else loads(raw, key, expect), meta))
         return out
 
+    def range_between(self, start_rel: str, end_rel: Optional[str], limit: int,
+                      expect: type = dict) -> List[Tuple[str, Any, Any]]:
+        """Like :meth:`range` over ``[start_rel, end_rel)`` (``end_rel`` None: to the end of the
+        prefix that ``start_rel``'s parent directory names). Bounded ranges matter: etcd counts every
+        key of a range even when ``limit`` is set."""
+        start = self.key(start_rel)
+        if end_rel is None:
+            parent = start_rel.rsplit("/", 1)[0] + "/"
+            end = pyetcd.utils.prefix_range_end(pyetcd.utils.to_bytes(self.key(parent)))
+        else:
+            end = self.key(end_rel)
+        items = self.call(f"range {start}", lambda c: list(c.get_range(start, end, limit=limit, sort_order="ascend",
+                                                                       sort_target="key")))
+        n = len(self.prefix)
+        out = []
+        for raw, meta in items:
+            key = meta.key.decode("utf-8", "replace")
+            out.append((key[n:], loads(raw, key, expect), meta))
+        return out
+
     def keys(self, rel: str) -> List[str]:
         n = len(self.prefix) + len(rel)
         return [k[n - len(self.prefix):] for k, _, _ in self.range(rel, keys_only=True)]
