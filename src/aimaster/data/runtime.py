@@ -68,10 +68,16 @@ def current_session() -> WorkerSession:
         if _session is None or _session.pid != os.getpid():
             ctx = job_context()
             worker_id = ctx.worker_id
-            if _session is not None:  # forked from a worker: a sub-worker with its own lease
-                worker_id = f"{_session.worker_id}.{os.getpid()}"
+            # A child of a worker (a forked or spawned DataLoader process) gets a lease of its own but
+            # is not a worker of the job: registering under the parent's id would hijack the parent's
+            # registration, and the master must not count, watch or relaunch it.
+            import multiprocessing
+
+            child = _session is not None or multiprocessing.parent_process() is not None
+            if child:
+                worker_id = f"{worker_id}.{os.getpid()}"
             store = Store(ctx.etcd, job_prefix(ctx.job_id))
-            _session = WorkerSession(store, worker_id)
+            _session = WorkerSession(store, worker_id, register=not child)
             _session.standalone = ctx.standalone
             install_sigterm_handler()
         return _session

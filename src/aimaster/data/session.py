@@ -139,17 +139,22 @@ class WorkerSession:
                 log.warning("aimaster: lease keep-alive failed (%s); retrying", e)
 
     # ------------------------------------------------------------------ what the master sees
+    # Claims are tracked from several threads (DataLoader prefetch, the background committer,
+    # the keep-alive thread's heartbeat), so every access holds the session lock.
     def track(self, claim: Claim) -> None:
-        self.claims[(claim.dataset.ds_id, claim.slice_id, claim.attempt)] = claim
+        with self._lock:
+            self.claims[(claim.dataset.ds_id, claim.slice_id, claim.attempt)] = claim
 
     def untrack(self, claim: Claim) -> None:
-        self.claims.pop((claim.dataset.ds_id, claim.slice_id, claim.attempt), None)
+        with self._lock:
+            self.claims.pop((claim.dataset.ds_id, claim.slice_id, claim.attempt), None)
 
     def beat_value(self, state: Optional[str] = None) -> Dict[str, Any]:
         if state is not None:
             self.state = state
         self._last_beat = time.monotonic()
-        held = sorted({f"{ds}/{sid}" for ds, sid, _ in list(self.claims)})  # list(): another thread may claim
+        with self._lock:
+            held = sorted({f"{ds}/{sid}" for ds, sid, _ in self.claims})
         return {"t": time.time(), "state": self.state, "held": held, "slices": self.slices_committed}
 
     def beat(self, state: Optional[str] = None, force: bool = False) -> None:

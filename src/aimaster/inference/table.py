@@ -208,7 +208,8 @@ class TableWriter:
         claim.add_output(self._sink, ref)
 
     def write(self, values, col_indices=None) -> None:
-        """Write rows (a list of tuples, or columns as returned by a TF session) for the current slice."""
+        """Write rows for the current slice: a list of row tuples, a 2-D array, or a tuple of 1-D column
+        arrays (what a TF session returns for a batch)."""
         if self._closed:
             raise ConfigError("write() on a closed table writer")
         if self._slice is None:

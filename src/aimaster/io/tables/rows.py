@@ -39,7 +39,13 @@ def _column_to_pylist(arr: pa.Array, strings_as_bytes: bool) -> List[Any]:
 
 
 def normalize_rows(values: Any) -> Sequence[Sequence[Any]]:
-    """Accept a list of row tuples/lists, or anything with ``tolist()`` (a 2-D numpy array)."""
+    """Accept a list of row tuples/lists, anything with ``tolist()`` (a 2-D numpy array), or a tuple
+    of equally long 1-D column arrays, which is what a TF session returns for a batched dataset
+    (``sess.run(batch)`` in the seed's TF example): those are turned into rows."""
+    if isinstance(values, tuple) and values and all(getattr(v, "ndim", None) == 1 for v in values):
+        lengths = {len(v) for v in values}
+        if len(lengths) == 1:
+            return list(zip(*(v.tolist() for v in values)))
     if isinstance(values, (list, tuple)):
         return values
     tolist = getattr(values, "tolist", None)
