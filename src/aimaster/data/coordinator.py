@@ -105,6 +105,7 @@ class Dataset:
         self.max_attempts = max_attempts
         self.plan: Optional[Dict[str, Any]] = None
         self._candidates: List[Tuple[str, Dict[str, Any], int]] = []
+        self._next: Optional[Claim] = None  # claimed inside the previous commit's transaction
         self._chunks: Dict[int, List[str]] = {}
         self._chunk_starts: List[int] = []
         self._last_reconcile = 0.0
@@ -257,6 +258,10 @@ class Dataset:
     # ------------------------------------------------------------------ claim
     def try_claim(self) -> Optional[Claim]:
         """Claim a free slice now, or return None if none is free."""
+        if self._next is not None:
+            claim, self._next = self._next, None
+            claim.claimed_at = time.time()
+            return claim
         st, tx = self.store, self.store.tx
         for _ in range(4 * CANDIDATES):
             if not self._candidates:
@@ -284,6 +289,39 @@ class Dataset:
                 return claim
             # Lost to another worker: our window is contended; look elsewhere next time.
             self._candidates = []
+        return None
+
+    def _claim_ops(self, sid: str, value: Dict[str, Any], lease) -> Tuple[Claim, Dict[str, Any], list]:
+        """The claim of candidate ``sid``: its Claim, its record, and the operations that take it."""
+        st, tx = self.store, self.store.tx
+        attempt_no = int(value.get("a", 0)) + 1 if isinstance(value.get("a", 0), int) else 1
+        attempt = f"{self.session.worker_id}.{uuid.uuid4().hex[:8]}"
+        record = {"w": self.session.worker_id, "at": attempt, "a": attempt_no, "t": time.time()}
+        attempts = {"a": attempt_no, "e": value.get("e"), "w": self.session.worker_id, "b": 0}
+        claim = Claim(self, sid, self.slice_index(sid), attempt, attempt_no, self.session.lease_generation)
+        claim.record = record
+        ops = [tx.delete(st.key(self.k.todo + sid)),
+               tx.put(st.key(self.k.claim + sid), dumps(record), lease=lease),
+               tx.put(st.key(self.k.attempts + sid), dumps(attempts))]
+        return claim, record, ops
+
+    def _piggyback(self, lease) -> Optional[Tuple[Claim, Any]]:
+        """A nested transaction claiming one more free slice, to ride inside a commit.
+
+        One transaction per slice instead of two: the commit of a slice also claims the next one
+        (when the caller will ask for it, as the SDK clients do), if that candidate is still free.
+        """
+        if not self._candidates:
+            self._refill_candidates()
+        while self._candidates:
+            sid, value, mod_rev = self._candidates.pop(
+                0 if getattr(self.session, "standalone", False) else random.randrange(len(self._candidates)))
+            try:
+                claim, _, ops = self._claim_ops(sid, value, lease)
+            except ValueError:
+                continue
+            tx, st = self.store.tx, self.store
+            return claim, tx.txn([tx.mod(st.key(self.k.todo + sid)) == mod_rev], ops, [])
         return None
 
     def _refill_candidates(self) -> None:
@@ -427,8 +465,13 @@ class Dataset:
             delay = min(delay * 2, 0.5)
 
     # ------------------------------------------------------------------ commit
-    def commit(self, claim: Claim) -> bool:
-        """Commit an attempt; True if it is the one commit of its slice. Publishes or discards outputs."""
+    def commit(self, claim: Claim, claim_next: bool = False) -> bool:
+        """Commit an attempt; True if it is the one commit of its slice. Publishes or discards outputs.
+
+        ``claim_next``: also claim the next free slice in the same transaction; the following
+        :meth:`try_claim`/:meth:`next_claim` returns it. Only for callers that do ask for the next
+        slice right after (a claim nobody asks for is held until the process exits).
+        """
         st, tx = self.store, self.store.tx
         session = self.session
         sid = claim.slice_id
@@ -463,9 +506,20 @@ class Dataset:
             if session._register:
                 success.append(tx.put(st.key(keys.beat(session.worker_id)), dumps(session.beat_value()),
                                       lease=lease))
+            piggy[:] = []
+            if claim_next and self._next is None and self.plan is not None:
+                extra = self._piggyback(lease)
+                if extra is not None:
+                    piggy.append(extra[0])
+                    success.append(extra[1])
             return st.txn(f"commit slice {sid}", [tx.version(done_key) == 0], success, [tx.get(done_key)])
 
+        piggy: List[Claim] = []
         ok, responses = session.leased(txn)
+        if ok and piggy and responses and responses[-1].WhichOneof("response") == "response_txn" \
+                and responses[-1].response_txn.succeeded:
+            self._next = piggy[0]
+            session.track(self._next)
         if not ok:
             # A retried transaction whose first try did commit sees its own record: still a win.
             existing = responses[0] if responses else []

@@ -89,7 +89,8 @@ class MaxComputeTableClient:
         Raises ``aimaster.data.OutOfRangeException`` when every slice is done.
         """
         if self._current is not None and self._current in self._held:
-            self.commit_slice(self._current)
+            # The commit also claims the next slice in the same transaction (one round trip).
+            self._commit(self._current, claim_next=True)
         claim = self._dataset.next_claim()
         lo, hi = self._dataset.item_range(claim.index)
         claim.items = hi - lo
@@ -104,13 +105,15 @@ class MaxComputeTableClient:
 
     def commit_slice(self, slice_id: Optional[str] = None) -> bool:
         """Commit a slice (default: the current one) with the rows written for it; True if ours won."""
-        sid = self._current if slice_id is None else str(slice_id)
+        return self._commit(self._current if slice_id is None else str(slice_id))
+
+    def _commit(self, sid: Optional[str], claim_next: bool = False) -> bool:
         claim = self._held.pop(sid, None) if sid is not None else None
         if claim is None:
             raise ConfigError(f"slice {sid!r} is not held by this worker (already committed, or never claimed)")
         for w in self._writers:
             w._finish(claim)
-        return self._dataset.commit(claim)
+        return self._dataset.commit(claim, claim_next=claim_next)
 
     # ------------------------------------------------------------------ outputs
     def output_sink(self):
