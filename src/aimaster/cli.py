@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import sys
 import uuid
 from typing import List, Optional
@@ -103,16 +104,25 @@ def cli() -> None:
               help="Replace a worker whose slices take this many times its peers' median (0: never).")
 @click.option("--slow-worker-min-samples", type=click.IntRange(1), default=5, show_default=True,
               help="Slice durations the peers must have reported before a worker can be called slow.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535),
+              help="Serve Prometheus metrics on this port (http://HOST:PORT/metrics). Off by default.")
+@click.option("--log-max-bytes", type=click.IntRange(1024), default=50 * 1024 * 1024, show_default=True,
+              help="Size at which a worker's stdout/stderr file in the state directory is rotated.")
+@click.option("--log-backups", type=click.IntRange(1), default=3, show_default=True,
+              help="Rotated files kept per worker log (worker-N.out.1, .2, ...).")
+@click.option("--tee", is_flag=True, help="Also print workers' output on the console, prefixed with the worker id.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key, state_dir, min_workers,
         launch_interval, standby, job_execution_mode, fault_tolerant_policy, max_num_of_same_error,
         enable_job_hang_detection, job_hang_interval, lease_ttl, max_slice_attempts, speculation,
-        speculation_multiplier, max_slice_copies, slow_worker_multiplier, slow_worker_min_samples, quiet,
-        command) -> None:
+        speculation_multiplier, max_slice_copies, slow_worker_multiplier, slow_worker_min_samples, metrics_port,
+        log_max_bytes, log_backups, tee, quiet, command) -> None:
     """Run COMMAND as a job on WORKERS worker processes: aimaster run -n 4 -- python infer.py
 
-    Exits 0 when the job Succeeded, 1 when it Failed, 130 when stopped with Ctrl-C (resumable).
+    Exits 0 when the job Succeeded, 1 when it Failed, 130 when stopped with Ctrl-C or
+    ``aimaster stop`` (resumable). On a terminal the progress is a live display; otherwise a plain
+    line every $AIMASTER_PROGRESS_INTERVAL seconds (default 5).
     """
     job_id_given = bool(job_id)
     job_id = keys.check_name("job id", job_id or _new_job_id())
@@ -125,7 +135,8 @@ def run(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etc
         max_slice_attempts=max_slice_attempts, progress=not quiet, launch_interval=launch_interval,
         standby=standby, speculation=speculation, speculation_multiplier=speculation_multiplier,
         max_slice_copies=max_slice_copies, slow_multiplier=slow_worker_multiplier,
-        slow_min_samples=slow_worker_min_samples,
+        slow_min_samples=slow_worker_min_samples, metrics_port=metrics_port, log_max_bytes=log_max_bytes,
+        log_backups=log_backups, tee=tee,
     )
     if standby and not job_id_given:
         raise click.UsageError("--standby needs the --job-id of the job to stand by for")
@@ -139,10 +150,13 @@ def run(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etc
 @click.option("--job-id", required=True, help="The running job to join.")
 @etcd_options
 @click.option("--lease-ttl", type=click.IntRange(2), default=10, show_default=True)
+@click.option("--log-max-bytes", type=click.IntRange(1024), default=50 * 1024 * 1024, show_default=True,
+              help="Size at which a worker's stdout/stderr file is rotated.")
+@click.option("--tee", is_flag=True, help="Also print workers' output on the console, prefixed with the worker id.")
 @click.option("--quiet", is_flag=True)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def join(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key, state_dir, lease_ttl,
-         quiet, command) -> None:
+         log_max_bytes, tee, quiet, command) -> None:
     """Add workers on this machine to a running job (same etcd, same job id).
 
     aimaster join --etcd master-host:2379 --job-id J -n 8 -- python infer.py
@@ -159,7 +173,7 @@ def join(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, et
         raise JobError(f"no job {job_id} in etcd at {etcd}")
     opts = RunOptions(command=_command(command), job_id=job_id, workers=workers, etcd=cfg,
                       state_root=state_dir or default_root(), lease_ttl=lease_ttl, progress=not quiet,
-                      join_only=True)
+                      join_only=True, log_max_bytes=log_max_bytes, tee=tee)
     sys.exit(Master(opts).run())
 
 
@@ -167,18 +181,108 @@ def join(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, et
 @click.option("--job-id", help="Job to show (default: the most recent one in the state directory).")
 @etcd_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key, state_dir, as_json) -> None:
-    """Show a job: state, slices done / in flight / failed, per-worker throughput."""
-    from aimaster.master.status import job_status
+@click.option("--failed", "failed_only", is_flag=True, help="List the failed slices with their errors.")
+@click.option("--watch", is_flag=True, help="Refresh until the job is Succeeded, Failed or Stopped.")
+@click.option("--interval", type=click.FloatRange(0.1), default=2.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
+def status(job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key, state_dir, as_json, failed_only,
+           watch, interval) -> None:
+    """Show a job: state, slices done / in flight / failed, and a per-worker table (host, pid,
+    slices, rate, last commit, restarts). A job still starting shows as Pending."""
+    import time
+
+    from aimaster.master.status import format_failed, format_status, job_status
 
     cfg = _etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key)
-    view = job_status(job_id, cfg, state_dir or default_root())
-    if as_json:
-        click.echo(json.dumps(view, indent=2, sort_keys=True))
-    else:
-        from aimaster.master.status import format_status
+    root = state_dir or default_root()
+    live = watch and sys.stdout.isatty() and not as_json
+    while True:
+        view = job_status(job_id, cfg, root)
+        if as_json:
+            text = json.dumps(view, indent=2, sort_keys=True)
+        elif failed_only:
+            text = format_failed(view)
+        else:
+            text = format_status(view)
+        if live:
+            click.echo("\x1b[H\x1b[2J" + text)  # redraw in place
+        else:
+            click.echo(text)
+        if not watch or view["state"] in ("Succeeded", "Failed", "Stopped"):
+            return
+        job_id = view["job_id"]
+        if not live:
+            click.echo("")
+        time.sleep(interval)
 
-        click.echo(format_status(view))
+
+@cli.command()
+@click.option("--job-id", required=True, help="The job to stop.")
+@etcd_options
+def stop(job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key, state_dir) -> None:
+    """Stop a running job cleanly, from any machine that reaches its etcd.
+
+    The master stops its workers (SIGTERM, then SIGKILL after a grace period) and marks the job
+    Stopped; committed slices stay committed, and running the job again with the same --job-id
+    resumes it.
+    """
+    from aimaster.master.control import request_stop
+
+    cfg = _etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key)
+    request_stop(keys.check_name("job id", job_id), cfg, state_dir or default_root())
+    click.echo(f"aimaster: stop requested for job {job_id}; its master stops it within a few seconds", err=True)
+
+
+@cli.command()
+@etcd_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def jobs(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key, state_dir, as_json) -> None:
+    """List jobs: those of an etcd (--etcd), or those of the state directory.
+
+    A state directory's jobs show the state of their report when they have ended, else the live
+    state from their embedded etcd.
+    """
+    from aimaster.master.control import jobs_in_state_dir, list_jobs
+
+    cfg = _etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key)
+    if cfg is not None:
+        rows = list_jobs(cfg)
+    else:
+        root = state_dir or default_root()
+        rows = [_state_dir_job(root, job) for job in jobs_in_state_dir(root)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    if not rows:
+        click.echo("no jobs")
+        return
+    click.echo(f"{'job':<32} {'state':<10} {'workers':>7}  created")
+    for r in rows:
+        created = r.get("created")
+        when = (datetime.datetime.fromtimestamp(created).strftime("%Y-%m-%d %H:%M:%S")
+                if isinstance(created, (int, float)) else "-")
+        click.echo(f"{str(r['job_id'])[:32]:<32} {str(r.get('state'))[:10]:<10} {str(r.get('workers', '-')):>7}  "
+                   f"{when}")
+
+
+def _state_dir_job(root: str, job_id: str) -> dict:
+    state = JobStateDir(root, job_id)
+    report = state.read_json(state.report)
+    endpoint = state.running_etcd()
+    if endpoint is not None:
+        try:
+            store = connect(EtcdConfig([endpoint]), job_id)
+            try:
+                record = store.get_value(keys.JOB) or {}
+            finally:
+                store.close()
+            return {"job_id": job_id, "state": record.get("state", "Pending"), "created": record.get("created"),
+                    "workers": record.get("workers")}
+        except AimasterError as e:
+            return {"job_id": job_id, "state": "Unknown", "error": str(e)}
+    if report:
+        return {"job_id": job_id, "state": report.get("state"), "created": report.get("started")}
+    return {"job_id": job_id, "state": "Unknown" if os.path.exists(state.etcd_dir) else "Pending"}
 
 
 @cli.command()

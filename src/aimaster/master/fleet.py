@@ -15,11 +15,13 @@ import signal
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from aimaster.master.launcher import Worker, WorkerProcess, stop_all
+from aimaster.master.launcher import LogOptions, Worker, WorkerProcess, stop_all
 
 
 class Fleet:
-    def __init__(self, command: Sequence[str], env: Callable[[], Dict[str, str]], log_dir: str, id_suffix: str):
+    def __init__(self, command: Sequence[str], env: Callable[[], Dict[str, str]], log_dir: str, id_suffix: str,
+                 logs: Optional[LogOptions] = None):
+        self.logs = logs or LogOptions()
         self.command = list(command)
         self.env = env
         self.log_dir = log_dir
@@ -63,7 +65,7 @@ class Fleet:
 
     # ------------------------------------------------------------------ starting
     def launch(self, slot: int, incarnation: int) -> WorkerProcess:
-        w = WorkerProcess(slot, self.command, self.env(), self.log_dir, incarnation, self.id_suffix)
+        w = WorkerProcess(slot, self.command, self.env(), self.log_dir, incarnation, self.id_suffix, self.logs)
         self.slots[slot] = w
         self.incarnations[slot] = incarnation
         self.launched += 1

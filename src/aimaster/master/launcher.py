@@ -14,12 +14,24 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 from aimaster.master.policy import oom_kill_count
 
 TAIL_BYTES = 8192
+LOG_PUMP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "logpump.py")
+
+
+@dataclass
+class LogOptions:
+    """How workers' stdout/stderr are kept: files capped at ``max_bytes``, ``backups`` rotated copies."""
+
+    max_bytes: int = 50 * 1024 * 1024
+    backups: int = 3
+    tee: bool = False  # also copy every line to the console, prefixed with the worker id
 
 
 def worker_name(slot: int, incarnation: int, suffix: str = "") -> str:
@@ -59,16 +71,25 @@ class Worker:
         """The last lines this incarnation wrote to stderr."""
         if not self.err_path:
             return []
+        self._flush_logs()
         try:
             with open(self.err_path, "rb") as f:
                 f.seek(0, os.SEEK_END)
                 size = f.tell()
-                start = max(min(self.err_offset, size), size - TAIL_BYTES)
+                # Smaller than where this incarnation began: the file was rotated since, start at 0.
+                begin = self.err_offset if self.err_offset <= size else 0
+                start = max(begin, size - TAIL_BYTES)
                 f.seek(start)
-                data = f.read().decode("utf-8", "replace")
+                data = f.read()
+            if begin == 0 and size < TAIL_BYTES and self.err_offset > size:
+                data = _tail(self.err_path + ".1", TAIL_BYTES - size) + data
         except OSError:
             return []
-        return [line for line in data.splitlines() if line.strip()][-lines:]
+        text = data.decode("utf-8", "replace")
+        return [line for line in text.splitlines() if line.strip()][-lines:]
+
+    def _flush_logs(self) -> None:
+        """Let the log pump write what the worker printed last (before its exit is classified)."""
 
     def last_error_line(self) -> str:
         tail = self.stderr_tail(5)
@@ -79,35 +100,70 @@ class Worker:
         return self.poll() is None
 
 
+def _tail(path: str, nbytes: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - nbytes))
+            return f.read()
+    except OSError:
+        return b""
+
+
 class WorkerProcess(Worker):
-    """One slot's current process and its log files (stdout and stderr kept apart)."""
+    """One slot's current process and its log files (stdout and stderr kept apart).
+
+    The worker writes to pipes read by a log pump process (:mod:`aimaster.master.logpump`), which
+    caps and rotates the files; see there why it is a process and not a thread.
+    """
 
     def __init__(self, slot: int, command: Sequence[str], env: Dict[str, str], log_dir: str,
-                 incarnation: int = 0, id_suffix: str = ""):
+                 incarnation: int = 0, id_suffix: str = "", logs: Optional[LogOptions] = None):
         super().__init__()
         self.slot = slot
         self.incarnation = incarnation
         self.worker_id = worker_name(slot, incarnation, id_suffix)
         self.out_path = os.path.join(log_dir, f"worker-{slot}.out")
         self.err_path = os.path.join(log_dir, f"worker-{slot}.err")
-        out = open(self.out_path, "ab")
-        err = open(self.err_path, "ab")
-        self.err_offset = err.tell()
+        logs = logs or LogOptions()
+        try:
+            self.err_offset = os.path.getsize(self.err_path)
+        except OSError:
+            self.err_offset = 0
         env = dict(env, AIMASTER_WORKER_ID=self.worker_id, AIMASTER_WORKER_SLOT=str(slot),
                    AIMASTER_WORKER_INCARNATION=str(incarnation))
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.started = time.time()
         self.oom_kills_before = oom_kill_count()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
         try:
-            self.proc = subprocess.Popen(list(command), env=env, stdout=out, stderr=err,
+            self.pump = subprocess.Popen(
+                [sys.executable, "-I", LOG_PUMP, str(out_r), str(err_r), self.out_path, self.err_path,
+                 str(logs.max_bytes), str(logs.backups), self.worker_id if logs.tee else ""],
+                pass_fds=(out_r, err_r), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                start_new_session=True)
+            os.close(out_r)
+            os.close(err_r)
+            out_r = err_r = -1
+            self.proc = subprocess.Popen(list(command), env=env, stdout=out_w, stderr=err_w,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         finally:
-            out.close()
-            err.close()
+            for fd in (out_r, err_r, out_w, err_w):
+                if fd >= 0:
+                    os.close(fd)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def _flush_logs(self) -> None:
+        # The pump exits once every holder of the pipes (the worker, anything it forked) is gone.
+        if self.poll() is not None and self.pump.poll() is None:
+            try:
+                self.pump.wait(2.0)
+            except subprocess.TimeoutExpired:
+                pass
 
     def poll(self) -> Optional[int]:
         if self.returncode is None:

@@ -38,16 +38,17 @@ from aimaster.data.etcd_server import EmbeddedEtcd
 from aimaster.data.runtime import USER_ERROR_EXIT
 from aimaster.data.session import WorkerSession
 from aimaster.data.store import EtcdConfig, Store, job_prefix
-from aimaster.errors import JobError
+from aimaster.errors import AimasterError, JobError
+from aimaster.master import control
 from aimaster.master import report as reporting
 from aimaster.master.election import MasterKey
 from aimaster.master.etcd_guard import EtcdGuard
 from aimaster.master.fleet import Fleet
 from aimaster.master.hang import HangDetector
-from aimaster.master.launcher import AdoptedWorker, Worker, stop_all
+from aimaster.master.launcher import AdoptedWorker, LogOptions, Worker, stop_all
 from aimaster.master.monitor import JobMonitor, JobView
 from aimaster.master.policy import Failure, FaultPolicy, classify_exit
-from aimaster.master.progress import ProgressDisplay
+from aimaster.master.progress import ProgressDisplay, progress_interval
 from aimaster.master.slowness import SlowWorkerPolicy
 from aimaster.master.state_dir import JobStateDir
 from aimaster.master.watch import WorkerWatch
@@ -83,6 +84,10 @@ class RunOptions:
     slow_multiplier: float = 3.0  # 0: never replace slow workers
     slow_min_samples: int = 5
     completion_grace: float = 1.0  # after the last commit, how long moot attempts may still run
+    metrics_port: Optional[int] = None  # serve Prometheus metrics on this port (None: off)
+    log_max_bytes: int = 50 * 1024 * 1024  # per worker log file, before it is rotated
+    log_backups: int = 3  # rotated files kept per worker log (worker-N.out.1 ...)
+    tee: bool = False  # also print workers' output on the console, each line prefixed with its worker
 
 
 def connect(cfg: EtcdConfig, job_id: str, probe_seconds: float = 5.0) -> Store:
@@ -122,6 +127,9 @@ class Master:
         self._datasets: Dict[str, Dataset] = {}
         self._last_requeue = 0.0
         self._complete_since: Optional[float] = None
+        self.metrics = None  # aimaster.metrics.JobMetrics with --metrics-port
+        self._commit_revs: Dict[str, int] = {}  # dataset -> highest done/ mod revision fed to the metrics
+        self._last_control_check = 0.0
 
     # ------------------------------------------------------------------ setup
     def run(self) -> int:
@@ -140,11 +148,18 @@ class Master:
                 code = self._become_master()
                 if code is not None:
                     return code
-            self.display = ProgressDisplay(self.out, enabled=self.opts.progress)
+            self.display = ProgressDisplay(self.out, interval=progress_interval(), enabled=self.opts.progress)
+            if self.opts.metrics_port is not None and not self.opts.join_only:
+                from aimaster.metrics import JobMetrics
+
+                self.metrics = JobMetrics(self.opts.job_id, self.opts.metrics_port)
+                self._log(f"metrics: http://0.0.0.0:{self.opts.metrics_port}/metrics")
             return self._loop()
         finally:
             if self.display is not None:
                 self.display.close()
+            if self.metrics is not None:
+                self.metrics.close()
             self._shutdown()
 
     def _etcd_config(self) -> Optional[EtcdConfig]:
@@ -185,6 +200,8 @@ class Master:
             self._log(f"job {self.opts.job_id} already succeeded; nothing to do")
             return 0
         self.generation = int(previous.get("generation", 0) or 0) + 1
+        # A stop request was for the run it stopped; this run starts afresh.
+        control.clear_stop(self.store)
         # With --min-workers above 1 the job is Pending until that many workers are registered.
         self.job_state = PENDING if self.opts.min_workers > 1 else RUNNING
         self._write_job(self.job_state, command=self.opts.command, workers=self.opts.workers,
@@ -246,6 +263,10 @@ class Master:
         record = dict(self.store.get_value(keys.JOB) or {})
         record.update({"state": state, "updated": time.time()}, **extra)
         self.store.put(keys.JOB, record)
+        try:
+            control.index_job(self.store, self.opts.job_id, record)
+        except Exception as e:  # noqa: BLE001 - the index is for listing jobs; the job itself goes on
+            self._log(f"warning: could not update the job index: {e}")
 
     def _etcd_env(self) -> Dict[str, str]:
         env = dict(os.environ)
@@ -271,7 +292,8 @@ class Master:
         self.watch = WorkerWatch(self.store)
         # Worker ids stay unique across master restarts and joins (stats are kept per worker id).
         suffix = f"g{self.generation}" if self.generation > 1 or opts.join_only else ""
-        self.fleet = Fleet(opts.command, self._etcd_env, self.state.logs, suffix)
+        self.fleet = Fleet(opts.command, self._etcd_env, self.state.logs, suffix,
+                           logs=LogOptions(opts.log_max_bytes, opts.log_backups, opts.tee))
         view = self._view()
         self.watch.refresh(self._ds_ids(view))
         if not opts.join_only:
@@ -283,6 +305,7 @@ class Master:
             for i, slot in enumerate(free):
                 self.fleet.schedule(slot, i * opts.launch_interval, "start")
         while True:
+            self._check_control()
             if self.stop_requested.is_set():
                 self._log("stopping: terminating workers (the job can be resumed with the same --job-id)")
                 self.fleet.stop_all(opts.stop_grace, "stopped")
@@ -310,11 +333,72 @@ class Master:
             self._requeue_lost(view)
             self._launch_due(complete)
             self.fleet.tick()
-            if self.display:
-                self.display.update(view, len(self.fleet.live()), sum(self.relaunches.values()))
+            self._show(view)
             if self._over(view):
                 return self._finish(self._final_state(view))
             time.sleep(opts.poll_interval)
+
+    def _check_control(self) -> None:
+        """``aimaster stop`` from anywhere: a request in etcd, handled like Ctrl-C (checked about once a second)."""
+        if self.opts.join_only or self.stop_requested.is_set():
+            return
+        now = time.monotonic()
+        if now - self._last_control_check < 1.0:
+            return
+        self._last_control_check = now
+        try:
+            if control.stop_requested(self.store):
+                self._log(f"stop requested for job {self.opts.job_id} (aimaster stop)")
+                self.stop_requested.set()
+        except AimasterError as e:  # a malformed control value: report it, do not stop on it
+            self._log(f"warning: ignoring the job's control key: {e}")
+
+    def _show(self, view: JobView) -> None:
+        """Feed the progress display and the metrics endpoint from this round's view."""
+        live = self.fleet.live()
+        starting = sum(1 for w in live if not self.watch.registered(w.worker_id))
+        backups = self._backups_in_flight(view)
+        if self.display:
+            self.display.update(view, len(live), sum(self.relaunches.values()), starting=starting,
+                                failed_workers=sum(1 for h in self.history if h.get("error")), backups=backups)
+        if self.metrics is not None:
+            meter = self.display.meter if self.display else None
+            rate = meter.rate if meter else 0.0
+            items_per_slice = (sum(d.items for d in view.datasets) / view.total) if view.total else 0.0
+            stats = [info.stats for info in self.watch.workers.values()]
+            self.metrics.update(view, rates={"slices_per_second": rate,
+                                             "items_per_second": rate * items_per_slice},
+                                relaunches=self.relaunches,
+                                backups={"in_flight": backups,
+                                         "started": sum(int(s.get("copies") or 0) for s in stats),
+                                         "won": sum(int(s.get("copies_won") or 0) for s in stats),
+                                         "lost": sum(int(s.get("copies_lost") or 0) for s in stats)})
+            self.metrics.observe_commits(self._new_commits(view))
+
+    def _backups_in_flight(self, view: JobView) -> int:
+        try:
+            return sum(self.store.count(keys.DatasetKeys(d.ds_id).backup) for d in view.datasets
+                       if not d.complete)
+        except Exception:  # noqa: BLE001 - a display detail; never worth failing a round for
+            return 0
+
+    def _new_commits(self, view: JobView) -> List[Dict[str, Any]]:
+        """Commit records written since the last call: a range from the last seen mod revision on."""
+        from aimaster.data.store import loads
+
+        out: List[Dict[str, Any]] = []
+        for d in view.datasets:
+            prefix = self.store.key(keys.DatasetKeys(d.ds_id).done)
+            since = self._commit_revs.get(d.ds_id, 0)
+            items = self.store.call(f"range {prefix}", lambda c, p=prefix, r=since: list(
+                c.get_prefix(p, min_mod_revision=r + 1) if r else c.get_prefix(p)))
+            for raw, meta in items:
+                self._commit_revs[d.ds_id] = max(self._commit_revs.get(d.ds_id, 0), meta.mod_revision)
+                try:
+                    out.append(loads(raw, meta.key.decode("utf-8", "replace")))
+                except AimasterError:
+                    continue
+        return out
 
     def _reap(self, complete: bool) -> Optional[int]:
         for w in self.fleet.reap():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import deque
@@ -17,6 +18,29 @@ def format_duration(seconds: Optional[float]) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def progress_interval(default: float = 5.0) -> float:
+    """Seconds between plain progress lines when not on a terminal (``AIMASTER_PROGRESS_INTERVAL``)."""
+    try:
+        value = float(os.environ.get("AIMASTER_PROGRESS_INTERVAL", default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def items_done(view: JobView) -> int:
+    """Items in committed slices (exact for a dataset whose slices are all full: done * slice size
+    capped at its item count; the last, shorter slice makes it an estimate until the end)."""
+    total = 0
+    for d in view.datasets:
+        if d.total:
+            total += d.items if d.done >= d.total else min(d.items, round(d.items * d.done / d.total))
+    return total
+
+
+def worker_counts(running: int, starting: int, failed: int) -> str:
+    return (f"workers {running - starting} alive / {starting} starting / {failed} failed")
 
 
 class RateMeter:
@@ -43,14 +67,17 @@ class RateMeter:
         return remaining / r if r > 0 else None
 
 
-def summary_line(view: JobView, meter: RateMeter, workers_running: int, restarts: int) -> str:
+def summary_line(view: JobView, meter: RateMeter, workers_running: int, restarts: int, starting: int = 0,
+                 failed_workers: int = 0, backups: int = 0) -> str:
     total, done, failed = view.total, view.done, view.failed
     pct = f"{100.0 * (done + failed) / total:5.1f}%" if total else "  -  "
     eta = meter.eta(total - done - failed) if total else None
-    return (f"[{view.job_id}] {view.state}: {done}/{total} slices {pct}"
-            f"{f', {failed} failed' if failed else ''}, in flight {view.running}, "
+    items = sum(d.items for d in view.datasets)
+    return (f"[{view.job_id}] {view.state}: {done}/{total} slices {pct}, {items_done(view)}/{items} items"
+            f"{f', {failed} failed' if failed else ''}, in flight {view.running}"
+            f"{f' (+{backups} backups)' if backups else ''}, "
             f"{meter.rate:.1f} slices/s, ETA {format_duration(eta)}, "
-            f"workers {workers_running} running / {view.alive_workers} registered"
+            f"{worker_counts(workers_running, starting, failed_workers)}"
             f"{f', {restarts} relaunched' if restarts else ''}")
 
 
@@ -84,20 +111,24 @@ class ProgressDisplay:
             self._progress.start()
             self._task = self._progress.add_task("job", total=None, extra="starting")
 
-    def update(self, view: JobView, workers_running: int, restarts: int) -> None:
+    def update(self, view: JobView, workers_running: int, restarts: int, starting: int = 0,
+               failed_workers: int = 0, backups: int = 0) -> None:
         now = time.time()
         self.meter.add(now, view.done + view.failed)
         if not self.enabled:
             return
         if self._progress is not None:
-            extra = (f"{self.meter.rate:.1f}/s  workers {workers_running}"
-                     f"{f'  failed {view.failed}' if view.failed else ''}"
+            items = sum(d.items for d in view.datasets)
+            extra = (f"{items_done(view)}/{items} items  {self.meter.rate:.1f}/s  "
+                     f"{worker_counts(workers_running, starting, failed_workers)}"
+                     f"{f'  backups {backups}' if backups else ''}"
+                     f"{f'  failed slices {view.failed}' if view.failed else ''}"
                      f"{f'  relaunched {restarts}' if restarts else ''}")
             self._progress.update(self._task, description=f"{view.job_id} {view.state}",
                                   total=view.total or None, completed=view.done + view.failed, extra=extra)
         elif now - self._last_line >= self.interval:
             self._last_line = now
-            self.log(summary_line(view, self.meter, workers_running, restarts))
+            self.log(summary_line(view, self.meter, workers_running, restarts, starting, failed_workers, backups))
 
     def log(self, message: str) -> None:
         """Events (a worker died, the job resumed) are printed even when the progress display is off."""

@@ -7,6 +7,7 @@ it is started briefly on the job's state directory to read the final state.
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Any, Dict, Optional
 
@@ -30,14 +31,29 @@ def latest_job(root: str) -> str:
     return max(entries, key=lambda e: e.stat().st_mtime).name
 
 
-def job_status(job_id: Optional[str], cfg: Optional[EtcdConfig], root: str) -> Dict[str, Any]:
+def pending(job_id: str) -> Dict[str, Any]:
+    """The view of a job that is starting: its state directory exists, its record is not written yet."""
+    return {"job_id": job_id, "state": "Pending", "job": {}, "time": time.time(), "datasets": [], "workers": [],
+            "slices": {"total": 0, "done": 0, "failed": 0, "running": 0}, "failed_slices": []}
+
+
+def job_status(job_id: Optional[str], cfg: Optional[EtcdConfig], root: str, failed_slices: bool = True
+               ) -> Dict[str, Any]:
+    """The job's view as ``aimaster status --json`` prints it (``failed_slices``: also read their errors)."""
     temp: Optional[EmbeddedEtcd] = None
+    starting = False
     if cfg is None:
         job_id = job_id or latest_job(root)
         state = JobStateDir(root, job_id)
         if not state.exists():
             raise JobError(f"no job {job_id} in state directory {root}")
         endpoint = state.running_etcd()
+        if endpoint is None and not os.path.exists(state.etcd_info) and not os.path.exists(state.report):
+            # Neither a running etcd nor the trace of one (etcd.json stays when everything was killed,
+            # report.json is written at the end): the job is starting. Starting an etcd of our own on
+            # its data directory now would race the master's.
+            return pending(job_id)
+        starting = True
         if endpoint is None:
             if not os.path.isdir(state.etcd_dir):
                 raise JobError(f"job {job_id} has no etcd data in {state.path}")
@@ -51,13 +67,19 @@ def job_status(job_id: Optional[str], cfg: Optional[EtcdConfig], root: str) -> D
         store = connect(cfg, job_id)
         view = JobMonitor(store, job_id).view()
         if not view.job and not view.datasets:
+            store.close()
+            if starting:  # the job's own etcd, its master not yet at the point of writing the record
+                return pending(job_id)
             raise JobError(f"no job {job_id} in etcd at {','.join(cfg.endpoints)}")
         out = view.to_json()
+        for row in out["workers"]:
+            m = re.search(r"-r(\d+)(?:g\d+)?$", row["worker_id"])
+            row["restarts"] = int(m.group(1)) if m else 0
         failed = []
         from aimaster.data.coordinator import Dataset
         from aimaster.data.session import WorkerSession
 
-        if view.failed:
+        if view.failed and failed_slices:
             session = WorkerSession(store, f"status-{os.getpid()}", register=False)
             try:
                 for d in view.datasets:
@@ -90,11 +112,29 @@ def format_status(view: Dict[str, Any]) -> str:
         lines.append(f"  dataset {d['ds_id']} ({d['kind']}, {d['items']} items): {d['done']}/{d['total']} "
                      f"committed, {d['running']} in flight, {d['todo']} waiting, {d['failed']} failed")
     if view["workers"]:
-        lines.append(f"  {'worker':<16} {'alive':<6} {'host':<20} {'pid':>8} {'slices':>8} "
-                     f"{'items':>9} {'slices/s':>9}")
+        now = view.get("time") or time.time()
+        lines.append(f"  {'worker':<16} {'alive':<6} {'host':<20} {'pid':>8} {'slices':>7} {'items':>9} "
+                     f"{'slices/s':>9} {'last commit':>12} {'restarts':>8}")
         for w in view["workers"]:
+            last = w.get("last")
+            ago = f"{format_duration(max(0.0, now - last))} ago" if isinstance(last, (int, float)) else "-"
             lines.append(f"  {w['worker_id']:<16} {'yes' if w['alive'] else 'no':<6} {w['host'][:20]:<20} "
-                         f"{w['pid']:>8} {w['slices']:>8} {w['items']:>9} {w['rate']:>9.2f}")
-    for f in view.get("failed_slices", [])[:50]:
+                         f"{w['pid']:>8} {w['slices']:>7} {w['items']:>9} {w['rate']:>9.2f} {ago:>12} "
+                         f"{w.get('restarts', 0):>8}")
+    failed = view.get("failed_slices", [])
+    for f in failed[:20]:
         lines.append(f"  failed slice {f['dataset']}/{f['slice']}: {f['error']}")
+    if len(failed) > 20:
+        lines.append(f"  ... {len(failed) - 20} more failed slice(s): aimaster status --failed")
+    return "\n".join(lines)
+
+
+def format_failed(view: Dict[str, Any]) -> str:
+    """``aimaster status --failed``: every failed slice with its last error."""
+    failed = view.get("failed_slices", [])
+    if not failed:
+        return f"job {view['job_id']}: no failed slices"
+    lines = [f"job {view['job_id']}: {len(failed)} failed slice(s)"]
+    for f in failed:
+        lines.append(f"{f['dataset']}/{f['slice']}: {f['error']}")
     return "\n".join(lines)
