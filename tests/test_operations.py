@@ -169,6 +169,7 @@ def test_metrics_endpoint(tmp_path):
         text = wait_for(scrape, timeout=60, what="metrics with commits")
         assert 'aimaster_slices{job="metrics",state="total"} 40.0' in text
         assert "aimaster_workers" in text and "aimaster_slice_seconds_bucket" in text
+        assert re.search(r"aimaster_claim_seconds_count\{job=\"metrics\"\} [1-9]", text), "claim latencies observed"
         _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:

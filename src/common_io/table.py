@@ -43,7 +43,7 @@ def _split_cols(cols: Any) -> List[str]:
     return [str(c) for c in cols]
 
 
-MIN_PREFETCH_ROWS = 16384
+MIN_PREFETCH_ROWS = 65536
 
 
 class TableReader:
@@ -165,7 +165,8 @@ class TableReader:
             self._next_fetch = pos
             # Fetching fewer rows than a storage block (a Parquet row group, a tunnel request)
             # re-decodes that block for every chunk: PAI's default capacity=1024 made reads 5x
-            # slower than pyarrow. Chunks are therefore at least MIN_PREFETCH_ROWS rows.
+            # slower than pyarrow. Chunks are therefore at least MIN_PREFETCH_ROWS
+            # rows (a typical row group).
             self._chunk_rows = max(MIN_PREFETCH_ROWS, self._capacity // self._threads)
             self._futures: Deque[concurrent.futures.Future] = collections.deque()
             self._executor = concurrent.futures.ThreadPoolExecutor(self._threads,

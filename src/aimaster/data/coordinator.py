@@ -281,11 +281,13 @@ class Dataset:
             attempts = {"a": attempt_no, "e": value.get("e"), "w": self.session.worker_id, "b": 0}
             claim = Claim(self, sid, index, attempt, attempt_no, self.session.lease_generation)
             claim_key = st.key(self.k.claim + sid)
+            t0 = time.monotonic()
             if self._take(claim, f"claim slice {sid}", claim_key,
                           [tx.mod(st.key(self.k.todo + sid)) == mod_rev],
                           [tx.delete(st.key(self.k.todo + sid)),
                            tx.put(st.key(self.k.attempts + sid), dumps(attempts))],
                           record):
+                claim.claim_latency = time.monotonic() - t0
                 return claim
             # Lost to another worker: our window is contended; look elsewhere next time.
             self._candidates = []
@@ -488,7 +490,13 @@ class Dataset:
         }
         if claim.backup:
             record["spec"] = True
+        # Latencies for the master's histograms: this attempt's claim, the worker's previous commit.
+        if getattr(claim, "claim_latency", None) is not None:
+            record["lc"] = round(claim.claim_latency, 6)
+        if getattr(session, "last_commit_latency", None) is not None:
+            record["lm"] = round(session.last_commit_latency, 6)
         session.untrack(claim)
+        commit_t0 = time.monotonic()
         stats = self._stats_if_won(claim, dt, now)
         backup_prefix = st.key(self.k.backup + sid + "/")
         done_key = st.key(self.k.done + sid)
@@ -516,6 +524,7 @@ class Dataset:
 
         piggy: List[Claim] = []
         ok, responses = session.leased(txn)
+        session.last_commit_latency = time.monotonic() - commit_t0
         if ok and piggy and responses and responses[-1].WhichOneof("response") == "response_txn" \
                 and responses[-1].response_txn.succeeded:
             self._next = piggy[0]
