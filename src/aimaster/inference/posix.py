@@ -132,7 +132,7 @@ class PosixFileClient:
         final = name if name is not None else f"{sid}{suffix}"
         staged = f"{files.STAGING_DIR}/{sid}/{claim.attempt}/{final}"
         path = self._sink._path(staged)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._sink.makedirs(os.path.dirname(path))
         claim.add_output(self._sink, {"staged": staged, "final": final})
         return path
 

@@ -162,8 +162,18 @@ class FileSink(OutputSink):
         staged = f"{STAGING_DIR}/{slice_id}/{attempt}/{name}"
         self._path(name)  # validates the final name
         path = self._path(staged)
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        self.makedirs(posixpath.dirname(path))
         return StagedFile(self, path, mode, kwargs), {"staged": staged, "final": name}
+
+    def makedirs(self, directory: str) -> None:
+        """Create a staging directory, racing other workers that prune empty ones (see _prune)."""
+        for attempt in range(10):
+            try:
+                self.fs.makedirs(directory, exist_ok=True)
+                return
+            except FileNotFoundError:  # a parent was pruned between two mkdir calls: try again
+                if attempt == 9:
+                    raise
 
     def publish(self, slice_id: str, staged: StagedRef) -> None:
         src, dst = self._path(staged["staged"]), self._path(staged["final"])
@@ -231,7 +241,7 @@ class StagedFile:
             try:
                 self._f = open(self._tmp, mode, **kwargs)
             except FileNotFoundError:  # another attempt pruned the empty staging dir meanwhile
-                os.makedirs(os.path.dirname(path), exist_ok=True)
+                sink.makedirs(os.path.dirname(path))
                 self._f = open(self._tmp, mode, **kwargs)
         else:
             self._tmp = None
@@ -254,7 +264,7 @@ class StagedFile:
             try:
                 os.replace(self._tmp, self.path)
             except FileNotFoundError:
-                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                self.sink.makedirs(os.path.dirname(self.path))
                 os.replace(self._tmp, self.path)
         else:
             self._f.close()
