@@ -173,10 +173,15 @@ def test_standby_master_takes_over(tmp_path, jobs):
     job = jobs(tmp_path, "standby", 1200, workers=3, env={"FILE_SLEEP": "0.02"}, extra=("--lease-ttl", "3"))
     job.start()
     job.etcd_info()
+    # The standby must start once the first master holds the key (else the standby simply becomes
+    # the master, and the first one waits for its turn).
+    wait_for(lambda: (job.store().get_value("master") or {}).get("pid") == job.proc.pid, timeout=60,
+             what="the first master to hold the master key")
     standby = job.start("--standby", log_name="standby")
     wait_for(lambda: "standby: waiting to take over" in job.output_text("standby"), timeout=60, what="standby")
     wait_for(lambda: job.committed() >= 10, timeout=60, what="first commits")
     master = job.store().get_value("master")
+    assert master["pid"] == job.proc.pid
     os.kill(master["pid"], signal.SIGKILL)
     assert job.wait(standby) == 0, job.output_text("standby")
     text = job.output_text("standby")
