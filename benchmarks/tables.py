@@ -146,7 +146,8 @@ def child(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=1_000_000)
-    p.add_argument("--work", type=int, default=12, help="compute per row in the writer benchmark")
+    p.add_argument("--work", type=int, default=48,
+                   help="compute per row in the writer benchmark (48: about 3x the in-process write time)")
     p.add_argument("--quick", action="store_true", help="100,000 rows")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json")
