@@ -21,6 +21,8 @@ from helpers import (
     wait_for,
 )
 
+from aimaster.master.launcher import pid_alive
+
 
 def _run_files_job(tmp_path, n_files, workers, slice_size, job_id="job1", env=None, extra=()):
     inp, out = tmp_path / "in", tmp_path / "out"
@@ -174,7 +176,7 @@ def test_resume_after_everything_is_killed(tmp_path):
         except ProcessLookupError:
             pass
     proc.wait(10)
-    wait_for(lambda: all(not _alive(w["pid"]) for w in workers.values()), what="workers dead")
+    wait_for(lambda: all(not pid_alive(w["pid"]) for w in workers.values()), what="workers dead")
     committed_before = {os.path.basename(p)[:-4] for p in glob.glob(str(out / "*.txt"))}
     assert 0 < len(committed_before) < 20
     first_run = set()
@@ -194,18 +196,6 @@ def test_resume_after_everything_is_killed(tmp_path):
     # Re-running a finished job does nothing, successfully.
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "already succeeded" in r.stderr
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purposes
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _one_line_error(r, needle):
