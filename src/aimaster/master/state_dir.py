@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from typing import Any, Dict, Optional
 
 from aimaster.data.etcd_server import EmbeddedEtcd, _port_open, free_port
@@ -95,12 +94,3 @@ class JobStateDir:
         self.write_json(self.etcd_info, {"pid": etcd.process.pid, "port": etcd.client_port,
                                          "peer_port": etcd.peer_port})
         return etcd
-
-    def stop_orphan_etcd(self) -> None:
-        info = self.read_json(self.etcd_info) or {}
-        pid = info.get("pid")
-        if isinstance(pid, int):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except OSError:
-                pass
