@@ -115,7 +115,8 @@ def run_child(args: argparse.Namespace, mode: str) -> float:
     import subprocess
 
     out = subprocess.run([sys.executable, __file__, "--child", mode, "--table", args.table, "--rows",
-                          str(args.rows), "--work", str(args.work), "--out", args.out],
+                          str(args.rows), "--work", str(args.work), "--out", args.out,
+                          "--slice-size", str(args.slice_size)],
                          capture_output=True, text=True, check=False,
                          env={k: v for k, v in os.environ.items() if not k.startswith("AIMASTER_")})
     if out.returncode != 0:
@@ -137,7 +138,7 @@ def child(args: argparse.Namespace) -> None:
         buffer_size = 8192 if mode == "write-subprocess" else 0
         out_dir = os.path.join(args.out, mode)
         shutil.rmtree(out_dir, ignore_errors=True)
-        dt = write_loop(args.table, out_dir, 16384, buffer_size, args.work, write)
+        dt = write_loop(args.table, out_dir, args.slice_size, buffer_size, args.work, write)
         n = args.rows
     assert n == args.rows, f"{mode}: read {n} rows, expected {args.rows}"
     print(dt)
@@ -148,6 +149,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--work", type=int, default=48,
                    help="compute per row in the writer benchmark (48: about 3x the in-process write time)")
+    p.add_argument("--slice-size", type=int, default=65536,
+                   help="rows per slice in the writer benchmark (65,536: as in the read benchmark)")
     p.add_argument("--quick", action="store_true", help="100,000 rows")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json")
@@ -174,6 +177,7 @@ def main() -> None:
         print(f"read   pyarrow -> tuples              {args.rows / best['read-pyarrow']:>12,.0f} rows/s")
         print(f"read   create_torch_dataset(bs=256)   {args.rows / best['read-aimaster']:>12,.0f} rows/s"
               f"   ratio {read_ratio:.2f} (target >= 0.8)")
+        print(f"write  ({args.slice_size:,}-row slices)")
         print(f"write  compute only                   {best['compute']:>8.2f} s")
         print(f"write  compute + writer buffer_size=0 {best['write-inprocess']:>8.2f} s"
               f"   (write time {write_time:.2f} s)")

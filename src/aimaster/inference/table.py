@@ -3,13 +3,21 @@
 A slice is a row range of the input table. ``get_next_slice()`` returns the table URL with
 ``?start=&end=``; fetching the next slice first commits the previous one, after the table writer's
 rows for it are durable (staged), so the commit records exactly the rows written for that slice.
+
+With a subprocess writer (``buffer_size > 0``) that commit is asynchronous: ``get_next_slice()``
+asks the child to stage the slice and returns the next one at once; the slice is committed as soon
+as the child reports it staged: in practice at the following ``get_next_slice()``, whose claim rides
+in that commit's transaction (one etcd round trip per slice, as without a child). ``writer.close()``,
+an explicit ``commit_slice`` and the end of the data wait for every slice in flight. A slice is
+never committed before its rows are durable, and a child that dies leaves its unstaged slices
+uncommitted, to be redone.
 The output table is an :class:`~aimaster.io.tables.TableSink` shared by every worker of the job:
 its description (for MaxCompute: the upload session ids) is agreed on through etcd once.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from aimaster.data.coordinator import Claim, Dataset, PlanData
 from aimaster.data.runtime import current_session
@@ -66,6 +74,9 @@ class MaxComputeTableClient:
         self._held: Dict[str, Claim] = {}
         self._current: Optional[str] = None
         self._writers: list = []
+        # Slices handed to subprocess writers to stage, oldest first, each with the writers it still
+        # waits for; committed once every one of them has staged it.
+        self._committing: List[Tuple[Claim, Set[int]]] = []
 
     def _plan(self) -> PlanData:
         with open_table_source(self._url) as source:
@@ -88,10 +99,14 @@ class MaxComputeTableClient:
 
         Raises ``aimaster.data.OutOfRangeException`` when every slice is done.
         """
+        # Earlier slices the child has staged meanwhile are committed first (before the child gets
+        # busy staging the current one), and the first of those commits also claims our next slice
+        # in its transaction.
+        self.commit_staged(claim_next=True)
         if self._current is not None and self._current in self._held:
-            # The commit also claims the next slice in the same transaction (one round trip).
-            self._commit(self._current, claim_next=True)
-        claim = self._dataset.next_claim()
+            self._finish_and_commit(self._current)
+        # While no slice is free, waiting for our own slices in flight is what lets the job end.
+        claim = self._dataset.next_claim(on_wait=lambda: self.commit_staged(block=True))
         lo, hi = self._dataset.item_range(claim.index)
         claim.items = hi - lo
         self._held[claim.slice_id] = claim
@@ -104,7 +119,11 @@ class MaxComputeTableClient:
         return self._current
 
     def commit_slice(self, slice_id: Optional[str] = None) -> bool:
-        """Commit a slice (default: the current one) with the rows written for it; True if ours won."""
+        """Commit a slice (default: the current one) with the rows written for it; True if ours won.
+
+        Waits until the slice's rows are durable (also those of earlier slices still being staged).
+        """
+        self.commit_staged(block=True)
         return self._commit(self._current if slice_id is None else str(slice_id))
 
     def _commit(self, sid: Optional[str], claim_next: bool = False) -> bool:
@@ -114,6 +133,72 @@ class MaxComputeTableClient:
         for w in self._writers:
             w._finish(claim)
         return self._dataset.commit(claim, claim_next=claim_next)
+
+    def _finish_and_commit(self, sid: str) -> None:
+        """End the current slice: commit it now, or once its subprocess writers have staged it."""
+        background = [w for w in self._writers if w._slice == sid and w.asynchronous]
+        if not background:
+            # The commit also claims the next slice in the same transaction (one round trip).
+            self._commit(sid, claim_next=True)
+            return
+        claim = self._held.pop(sid)
+        try:
+            for w in self._writers:
+                if w._slice == sid and not w.asynchronous:
+                    w._finish(claim)
+            for w in background:
+                w._finish_async(claim)
+        except BaseException as e:
+            self._give_back(claim, e)
+            raise
+        self._committing.append((claim, {id(w) for w in background}))
+
+    def commit_staged(self, block: bool = False, claim_next: bool = False) -> int:
+        """Commit every slice whose subprocess writers have staged it; returns how many.
+
+        ``block``: wait until every slice in flight is staged and committed. ``claim_next``: the
+        caller claims a slice right after, which may ride in a commit's transaction. A slice whose staging
+        failed is given back (with the error, which is raised); if a writer's child died, its
+        slices in flight are left uncommitted (they are redone) and TableIOError is raised.
+        """
+        if not self._committing:
+            return 0
+        by_id = {claim.slice_id: (claim, waiting) for claim, waiting in self._committing}
+        failure: Optional[BaseException] = None
+        for w in list(self._writers):
+            if not w.asynchronous:
+                continue
+            for sid, ok, value in w._inner.poll_finished(block=block):
+                if sid not in by_id:
+                    continue
+                claim, waiting = by_id[sid]
+                if ok:
+                    claim.add_output(w._sink, value)
+                    waiting.discard(id(w))
+                elif failure is None:
+                    failure = value
+                    self._committing = [e for e in self._committing if e[0] is not claim]
+                    self._give_back(claim, value)
+        ready = [claim for claim, waiting in self._committing if not waiting]
+        self._committing = [e for e in self._committing if e[1]]
+        for claim in ready:
+            self._dataset.commit(claim, claim_next=claim_next)
+        if failure is not None:
+            raise failure
+        return len(ready)
+
+    def give_back_in_flight(self, error: BaseException) -> None:
+        """Release every slice still waiting to be staged (its writer is gone)."""
+        in_flight, self._committing = self._committing, []
+        for claim, _ in in_flight:
+            self._give_back(claim, error)
+
+    def _give_back(self, claim: Claim, error: BaseException) -> None:
+        """Release a slice this worker could not write (others redo it; the error is recorded)."""
+        try:
+            self._dataset.release(claim, error=f"{type(error).__name__}: {error}")
+        except Exception:  # noqa: BLE001 - the original error matters more; the lease ends the claim
+            pass
 
     # ------------------------------------------------------------------ outputs
     def output_sink(self):
@@ -203,12 +288,21 @@ class TableWriter:
         self._inner.begin_slice(claim.slice_id, attempt_ordinal(claim))
         self._slice = claim.slice_id
 
+    @property
+    def asynchronous(self) -> bool:
+        """Whether slices are staged in a child process while the next one is computed."""
+        return isinstance(self._inner, SubprocessSliceRowWriter)
+
     def _finish(self, claim: Claim) -> None:
         if self._slice != claim.slice_id:
             return
-        ref = self._inner.finish_slice()
         self._slice = None
+        ref = self._inner.finish_slice()
         claim.add_output(self._sink, ref)
+
+    def _finish_async(self, claim: Claim) -> None:
+        self._slice = None
+        self._inner.finish_slice_async()
 
     def write(self, values, col_indices=None) -> None:
         """Write rows for the current slice: a list of row tuples, a 2-D array, or a tuple of 1-D column
@@ -227,6 +321,8 @@ class TableWriter:
         try:
             if self._slice is not None and self._slice in client._held:
                 client.commit_slice(self._slice)
+            else:
+                client.commit_staged(block=True)
         finally:
             self._closed = True
             if self in client._writers:
@@ -239,6 +335,15 @@ class TableWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:
+            return
+        # The slices finished before the error are complete: commit them if their rows are staged
+        # (what get_next_slice would have done); give back the ones that cannot be.
+        try:
+            self._client.commit_staged(block=True)
+        except Exception as e:  # noqa: BLE001 - the body's exception is the one that propagates
+            self._client.give_back_in_flight(e)
+        finally:
             self._closed = True
+            if self in self._client._writers:
+                self._client._writers.remove(self)
             self._inner.close()

@@ -90,7 +90,13 @@ class LocalStaging:
         return os.path.join(self.staging, name)
 
     def publish(self, slice_id: str, ref: StagedRef) -> Optional[str]:
-        """Rename the staged file to the slice's final name (idempotent); returns the final path."""
+        """Rename the staged file to the slice's final name (idempotent); returns the final path.
+
+        The directory is not fsynced here: the staged file is durable already and the commit record
+        in etcd lists it, so a rename lost to a power cut is redone by the job's finalize, which
+        fsyncs the directory once (see :meth:`LocalFileSink.finalize`). An fsync per slice would
+        also wait for every other write in flight on the file system (the next slice's staging).
+        """
         staged = self._staged_path(ref)
         if staged is None:
             return None
@@ -104,7 +110,6 @@ class LocalStaging:
                                f"{final} does not hold it")
         except OSError as e:
             raise TableIOError(f"cannot publish {staged} as {final}: {e.strerror or e}")
-        fsync_dir(self.directory)
         return final
 
     def discard(self, ref: StagedRef) -> None:
@@ -157,4 +162,6 @@ class LocalFileSink(TableSink):
         self.staging.discard(staged)
 
     def finalize(self, committed: Iterable[Tuple[str, StagedRef]]) -> None:
+        # The job's finalize has (re)published every committed slice: make those renames durable.
+        fsync_dir(self.staging.directory)
         self.staging.cleanup(committed)

@@ -19,6 +19,11 @@ child process that runs the real one. Design choices, each for a failure it prev
   timeout and checks that the child is alive, so a crash (even SIGKILL) becomes a
   :class:`~aimaster.errors.TableIOError` on the next call, never a hang, and rows are never dropped
   silently: ``finish_slice`` returns a ref only after the child made the slice durable.
+* **Slice boundaries do not stop the parent.** ``begin`` and ``finish`` are asynchronous:
+  :meth:`SubprocessSliceRowWriter.finish_slice_async` queues the finish and returns, the child
+  stages the slice while the parent computes the next one, and the staged ref comes back in order
+  (:meth:`~SubprocessSliceRowWriter.poll_finished`). The table client commits the slice only then,
+  so exactly-once is kept and the parent never waits for the child to drain at a slice boundary.
 * **Errors keep their type.** A SchemaError found in the child is raised in the parent as a
   SchemaError, at the parent's next call (writes are asynchronous); the slice is then aborted.
 * **The child ignores SIGINT**: Ctrl-C is the parent's to handle; it closes the writer.
@@ -26,12 +31,16 @@ child process that runs the real one. Design choices, each for a failure it prev
 
 from __future__ import annotations
 
+import collections
+import io
 import os
+import pickle
+import select
 import signal
 import subprocess
 import sys
 from multiprocessing.connection import Connection
-from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import aimaster.errors as errors_module
 from aimaster.data.outputs import StagedRef
@@ -43,6 +52,30 @@ _POLL_S = 0.05
 _START_TIMEOUT_S = 120.0
 _CLOSE_TIMEOUT_S = 30.0
 _MAX_CHUNK_ROWS = 16384
+MAX_FINISHING = 4
+_PIPE_BYTES = 1 << 20
+_CHILD_NICENESS = 0
+
+
+def _dumps(message: Any) -> memoryview:
+    """Pickle a command for the child without the memo: rows are flat tuples that share nothing
+    worth deduplicating, and skipping the memo takes a quarter off the parent's pickling time."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.fast = True
+    pickler.dump(message)
+    return buffer.getbuffer()
+
+
+def _widen_pipe(fd: int) -> None:
+    """Let the command pipe hold a whole buffer of rows (Linux: 64 KiB by default, up to 1 MiB
+    unprivileged), so the parent's sends do not block while the child is busy staging a slice."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+    except (ImportError, AttributeError, OSError):
+        pass  # not Linux, or capped lower by fs.pipe-max-size: the default size works, more slowly
 
 
 def _error_message(exc: BaseException) -> Tuple[str, str]:
@@ -61,21 +94,36 @@ def _rebuild_error(name: str, message: str) -> BaseException:
 def _child_entry() -> None:
     """``python -c`` entry point of the child: ``argv`` holds the two pipe descriptors."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(_CHILD_NICENESS)
+    except (AttributeError, OSError):
+        pass
     commands = Connection(int(sys.argv[1]), writable=False)
     results = Connection(int(sys.argv[2]), readable=False)
     try:
-        description, filter_value = commands.recv()
+        description, filter_value = pickle.loads(commands.recv_bytes())
     except (EOFError, OSError):
         return
-    _child_main(description, filter_value, commands, results)
+    try:
+        _child_main(description, filter_value, commands, results)
+    finally:
+        # Everything the parent was told is durable is on disk (fsynced) already; skipping the
+        # interpreter's teardown (pyarrow's among it) makes the parent's close() quick.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(0)
 
 
 def _child_main(description: Mapping[str, Any], filter_value: Any, commands, results) -> None:
     """The child: a SliceRowWriter driven by the parent's commands.
 
-    Messages to the parent: ``("ack", n)`` for each chunk of rows, ``("error", name, message)`` when
-    a chunk failed (the slice is then aborted), and exactly one ``("reply", ok, value)`` for every
-    other command -- the parent's synchronous calls wait for that reply.
+    Messages to the parent: ``("ack", n)`` for each chunk of rows; ``("error", seq, name, message)``
+    when a chunk or a ``begin`` failed (the slice, numbered ``seq`` by its ``begin``, is then
+    aborted); exactly one ``("staged", ok, value)`` for every ``finish``, in order; and exactly one
+    ``("reply", ok, value)`` for ``abort`` and ``close``, which the parent waits for.
     """
     from aimaster.io.tables.slice_writer import SliceRowWriter
 
@@ -87,35 +135,46 @@ def _child_main(description: Mapping[str, Any], filter_value: Any, commands, res
         return
     results.send(("reply", True, [c.name for c in schema] if schema is not None else None))
     broken: Optional[Tuple[str, str]] = None
+    seq = 0  # the parent's number for the slice being written, echoed in error messages
     try:
         while True:
             try:
-                message = commands.recv()
+                message = pickle.loads(commands.recv_bytes())
             except (EOFError, OSError):
                 return  # the parent is gone: nothing of the open slice was committed
             op = message[0]
             if op == "rows":
-                # Rows travel as columns: pickling a few long homogeneous lists costs the parent a
-                # fraction of pickling a million small tuples, and the parent's time is what matters.
-                rows = list(zip(*message[1]))
+                rows = message[1]
                 if broken is None:
                     try:
                         writer.write(rows, message[2])
                     except BaseException as e:  # noqa: BLE001
                         broken = _error_message(e)
                         writer.abort_slice()
-                        results.send(("error",) + broken)
+                        results.send(("error", seq) + broken)
                 results.send(("ack", len(rows)))
             elif op == "begin":
+                # Asynchronous: the parent goes on writing rows; a failure is reported as an error
+                # and the slice's finish then fails.
                 broken = None
+                seq = message[3]
                 writer.abort_slice()
-                _reply(results, writer.begin_slice, message[1], message[2])
+                try:
+                    writer.begin_slice(message[1], message[2])
+                except BaseException as e:  # noqa: BLE001
+                    broken = _error_message(e)
+                    results.send(("error", seq) + broken)
             elif op == "finish":
                 if broken is not None:
-                    results.send(("reply", False, ("TableIOError", f"slice aborted by an earlier error: {broken[1]}")))
+                    results.send(("staged", False, ("TableIOError", f"slice aborted by an earlier error: {broken[1]}")))
                     broken = None
                 else:
-                    _reply(results, writer.finish_slice)
+                    try:
+                        ref = writer.finish_slice()
+                    except BaseException as e:  # noqa: BLE001
+                        results.send(("staged", False, _error_message(e)))
+                    else:
+                        results.send(("staged", True, ref))
             elif op == "abort":
                 broken = None
                 _reply(results, writer.abort_slice)
@@ -148,16 +207,22 @@ class SubprocessSliceRowWriter:
             raise ValueError(f"buffer_size must be positive, got {buffer_size}")
         self.description = dict(sink.describe() if isinstance(sink, TableSink) else sink)
         self.buffer_size = int(buffer_size)
-        self.chunk_rows = max(1, min(self.buffer_size // 4, _MAX_CHUNK_ROWS))
+        # Two chunks fit in the buffer: the child stages one while the next one travels.
+        self.chunk_rows = max(1, min(self.buffer_size // 2, _MAX_CHUNK_ROWS))
         self._pending: List[Tuple[Any, ...]] = []
         self._pending_indices: Optional[Tuple[int, ...]] = None
         self._in_flight: List[int] = []
-        self._error: Optional[BaseException] = None
         self._dead: Optional[str] = None
         self._slice: Optional[str] = None
+        self._seq = 0  # numbers each begin_slice; the child tags a slice's errors with it
+        self._slice_errors: Dict[int, BaseException] = {}  # the first error of each slice, by seq
+        self._reported: set = set()  # seqs whose error a write() call has raised already
+        self._finishing: Deque[Tuple[int, str]] = collections.deque()  # (seq, slice) sent "finish"
+        self._finished: List[Tuple[str, bool, Any]] = []  # (slice, ok, ref or error), in order
         self._closed = False
         cmd_read, cmd_write = os.pipe()
         res_read, res_write = os.pipe()
+        _widen_pipe(cmd_write)
         env = dict(os.environ)
         # The child must import this very aimaster, even when the parent found it on a sys.path
         # entry of its own (a source checkout, say).
@@ -178,6 +243,10 @@ class SubprocessSliceRowWriter:
             os.close(res_write)
         self._commands = Connection(cmd_write, readable=False)
         self._results = Connection(res_read, writable=False)
+        # Connection.poll builds a selector on every call (tens of microseconds); write() checks
+        # for messages on every call, so one poll object is kept instead.
+        self._poller = select.poll()
+        self._poller.register(res_read, select.POLLIN | select.POLLHUP | select.POLLERR)
         try:
             self._send((self.description, filter_value))
             self.column_names: Optional[List[str]] = self._reply(timeout=_START_TIMEOUT_S)
@@ -195,8 +264,10 @@ class SubprocessSliceRowWriter:
         self._check_usable()
         if self._slice is not None:
             raise ValueError(f"slice {self._slice} is still being written; finish_slice() first")
-        self._send(("begin", str(slice_id), str(attempt)))
-        self._reply()
+        # No reply is awaited: the child may still be staging the previous slice. A failure to open
+        # the stage is raised at the next call and fails this slice's finish.
+        self._seq += 1
+        self._send(("begin", str(slice_id), str(attempt), self._seq))
         self._slice = str(slice_id)
 
     def write(self, values: Any, col_indices: Optional[Sequence[int]] = None) -> int:
@@ -208,37 +279,81 @@ class SubprocessSliceRowWriter:
         self._check_usable()
         if self._slice is None:
             raise ValueError("write() before begin_slice()")
+        self._raise_slice_error()
         rows = normalize_rows(values)
         indices = None if col_indices is None else tuple(int(i) for i in col_indices)
         self._check_shape(rows, indices)
         if self._pending and indices != self._pending_indices:
             self._flush()
         self._pending_indices = indices
-        # The parent's share of the work must stay small for the child to hide the writing: rows are
-        # appended and cut into chunks in C loops (map/extend/slices), not one Python step per row.
-        self._pending.extend(map(tuple, rows))
-        while len(self._pending) >= self.chunk_rows:
-            rest = self._pending[self.chunk_rows:]
-            self._pending = self._pending[:self.chunk_rows]
-            self._flush()
-            self._pending = rest
+        # The parent's share of the work must stay small for the child to hide the writing: rows go
+        # to the child as they are, in chunks cut in C loops (slices, extend), never one Python step
+        # per row (pickling row tuples costs the parent less than transposing them to columns
+        # first; the child, on its own core, transposes).
+        rows = rows if isinstance(rows, list) else list(rows)
+        start = 0
+        if not self._pending:
+            # Whole chunks are sent straight from the caller's list, pickled before this returns.
+            while len(rows) - start >= self.chunk_rows:
+                self._send_rows(rows[start:start + self.chunk_rows])
+                start += self.chunk_rows
+        if start < len(rows):
+            # A remainder waits for more rows. tuple() copies a row given as a list (the caller may
+            # reuse it before it is sent) and is free for a tuple.
+            self._pending.extend(map(tuple, rows[start:] if start else rows))
+            while len(self._pending) >= self.chunk_rows:
+                rest = self._pending[self.chunk_rows:]
+                self._send_rows(self._pending[:self.chunk_rows])
+                self._pending = rest
         return len(rows)
 
     def finish_slice(self) -> StagedRef:
         """Flush, and return the staged ref once the child has made the slice durable."""
+        sid = self.finish_slice_async()
+        while True:
+            for i, (done_sid, ok, value) in enumerate(self._finished):
+                if done_sid == sid:
+                    del self._finished[i]
+                    if ok:
+                        return value
+                    raise value
+            self._handle(self._next_message())
+
+    def finish_slice_async(self) -> str:
+        """Flush and queue the slice's finish without waiting; returns the slice id.
+
+        Its outcome comes back from :meth:`poll_finished`. At most ``MAX_FINISHING`` finishes are
+        outstanding (each holds a claim the job waits for); beyond that this waits for the oldest.
+        """
         self._check_usable()
         if self._slice is None:
             raise ValueError("finish_slice() before begin_slice()")
-        try:
-            self._flush()
-        except SchemaError:
-            self._abort_in_child()
-            raise
+        self._flush()
+        sid, self._slice = self._slice, None
         self._send(("finish",))
-        try:
-            return self._reply()
-        finally:
-            self._slice = None
+        self._finishing.append((self._seq, sid))
+        while len(self._finishing) > MAX_FINISHING:
+            self._handle(self._next_message())
+        return sid
+
+    @property
+    def finishing(self) -> int:
+        """How many finished slices are not yet staged or not yet collected by poll_finished."""
+        return len(self._finishing) + len(self._finished)
+
+    def poll_finished(self, block: bool = False) -> List[Tuple[str, bool, Any]]:
+        """The finishes the child has answered, in order: ``(slice_id, True, ref)`` or
+        ``(slice_id, False, exception)``. ``block``: wait until every queued finish is answered.
+
+        Raises TableIOError if the child died (the unanswered slices were not staged).
+        """
+        if self._dead is not None:
+            raise TableIOError(self._dead)
+        self._drain()
+        while block and self._finishing:
+            self._handle(self._next_message())
+        done, self._finished = self._finished, []
+        return done
 
     def abort_slice(self) -> None:
         """Throw away the slice being written."""
@@ -286,12 +401,14 @@ class SubprocessSliceRowWriter:
         if self._closed:
             raise ValueError("the subprocess slice row writer is closed")
         self._drain()
-        self._raise_stored()
 
-    def _raise_stored(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+    def _raise_slice_error(self) -> None:
+        """Raise, once, the error the child found in the open slice's rows (writes are asynchronous,
+        so it surfaces at the next call). The child has dropped the slice: its finish fails too."""
+        seq = self._seq
+        if self._slice is not None and seq in self._slice_errors and seq not in self._reported:
+            self._reported.add(seq)
+            raise self._slice_errors[seq]
 
     def _abort_in_child(self) -> None:
         self._pending = []
@@ -299,6 +416,8 @@ class SubprocessSliceRowWriter:
             self._slice = None
             self._send(("abort",))
             self._reply()
+            self._slice_errors.pop(self._seq, None)
+            self._reported.discard(self._seq)
 
     def _check_shape(self, rows: Sequence[Sequence[Any]], indices: Optional[Tuple[int, ...]]) -> None:
         """The checks that need no types, done here so that they fail at the offending call."""
@@ -316,18 +435,20 @@ class SubprocessSliceRowWriter:
                                       "columns are being filled")
 
     def _flush(self) -> None:
-        if not self._pending:
-            return
-        chunk, self._pending = self._pending, []
+        if self._pending:
+            chunk, self._pending = self._pending, []
+            self._send_rows(chunk)
+
+    def _send_rows(self, chunk: List[Any]) -> None:
+        """Send a chunk once the rows in flight leave room for it (acknowledgements free room)."""
         while self._in_flight and sum(self._in_flight) + len(chunk) > self.buffer_size:
             self._handle(self._next_message())
-        self._raise_stored()
-        self._send(("rows", list(zip(*chunk)), self._pending_indices))
+        self._send(("rows", chunk, self._pending_indices))
         self._in_flight.append(len(chunk))
 
     def _send(self, message: tuple) -> None:
         try:
-            self._commands.send(message)
+            self._commands.send_bytes(_dumps(message))
         except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
             self._die()
 
@@ -336,13 +457,26 @@ class SubprocessSliceRowWriter:
         if message[0] == "ack":
             if self._in_flight:
                 self._in_flight.pop(0)
-        elif message[0] == "error" and self._error is None:
-            self._error = _rebuild_error(message[1], message[2])
+        elif message[0] == "staged":
+            _, ok, value = message
+            seq, sid = self._finishing.popleft() if self._finishing else (0, "?")
+            error = self._slice_errors.pop(seq, None)
+            self._reported.discard(seq)
+            if not ok:
+                # The root cause (a row's type error, say) reported earlier is the better message.
+                value = error or _rebuild_error(*value)
+            self._finished.append((sid, ok, value))
+        elif message[0] == "error":
+            self._slice_errors.setdefault(message[1], _rebuild_error(message[2], message[3]))
+
+    def _readable(self, timeout: float) -> bool:
+        """Whether a message (or EOF: the child is gone) is waiting, within ``timeout`` seconds."""
+        return bool(self._poller.poll(timeout * 1000.0))
 
     def _drain(self) -> None:
         """Take every message already waiting (acks, asynchronous errors) without blocking."""
         try:
-            while self._results.poll(0):
+            while self._readable(0):
                 self._handle(self._results.recv())
         except (EOFError, OSError):
             self._die()
@@ -352,11 +486,11 @@ class SubprocessSliceRowWriter:
         waited = 0.0
         while True:
             try:
-                if self._results.poll(_POLL_S):
+                if self._readable(_POLL_S):
                     return self._results.recv()
             except (EOFError, OSError):
                 self._die()
-            if self._proc.poll() is not None and not self._results.poll(0):
+            if self._proc.poll() is not None and not self._readable(0):
                 self._die()
             waited += _POLL_S
             if timeout is not None and waited >= timeout:
@@ -371,11 +505,8 @@ class SubprocessSliceRowWriter:
                 continue
             _, ok, value = message
             if ok:
-                self._raise_stored()
                 return value
-            error = self._error or _rebuild_error(*value)
-            self._error = None
-            raise error
+            raise _rebuild_error(*value)
 
     def _death_message(self) -> str:
         code = self._proc.poll()
@@ -386,7 +517,8 @@ class SubprocessSliceRowWriter:
                 how = f"was killed by signal {-code}"
         else:
             how = f"exited with code {code}"
-        where = f" while writing slice {self._slice}" if self._slice else ""
+        busy = [sid for _, sid in self._finishing] + ([self._slice] if self._slice else [])
+        where = f" while writing slice {', '.join(busy)}" if busy else ""
         return (f"table writer subprocess (pid {self.pid}) {how}{where}; "
                 "rows not yet returned in a staged ref were not written")
 
