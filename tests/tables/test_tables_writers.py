@@ -100,6 +100,60 @@ def test_subprocess_writer_errors_keep_their_type(tmp_path, warehouse):
                                   "warehouse": str(warehouse)}, buffer_size=8)
 
 
+def test_subprocess_writer_ships_numpy_batches_as_arrays(tmp_path):
+    """2-D arrays and TF-style column tuples travel as arrays and land as the same rows as in process,
+    mixed with row tuples, across chunk boundaries, with filtering done in the child."""
+    schema = "v:BIGINT,score:DOUBLE,label:STRING"
+    batches = [
+        (np.column_stack([np.arange(10), np.arange(10) * 0.5]), (0, 1)),  # a 2-D float array
+        ((np.arange(10, 17), np.linspace(0, 1, 7), np.array([b"a", b"b", b"c", b"d", b"e", b"f", b"g"],
+                                                             dtype=object)), None),  # TF columns
+        ([(100, 1.5, "row"), (101, -1.0, "drop")], None),  # plain rows in between
+        (np.arange(40, dtype=np.int64).reshape(20, 2), (0, 1)),
+    ]
+    outputs = []
+    for kind in ("inprocess", "subprocess"):
+        sink = open_table_sink(str(tmp_path / kind), schema=schema)
+        writer = (SliceRowWriter(sink, filter_value="drop") if kind == "inprocess"
+                  else SubprocessSliceRowWriter(sink, buffer_size=8, filter_value="drop"))
+        with writer:
+            writer.begin_slice("s00000", "0")
+            for values, indices in batches:
+                writer.write(values, col_indices=indices)
+            ref = writer.finish_slice()
+        publish_all(sink, [("s00000", ref)])
+        outputs.append(read_all(str(tmp_path / kind)))
+    assert outputs[0] == outputs[1]
+    assert len(outputs[1]) == 10 + 7 + 1 + 20
+    assert outputs[1][10] == (10, 0.0, "a") and outputs[1][17] == (100, 1.5, "row")
+    with SubprocessSliceRowWriter(open_table_sink(str(tmp_path / "subprocess")), buffer_size=8) as writer:
+        writer.begin_slice("s00001", "0")
+        with pytest.raises(SchemaError, match="have 3 values but 2 columns"):
+            writer.write(np.zeros((4, 3)), col_indices=(0, 1))
+        with pytest.raises(SchemaError, match="out of range"):
+            writer.write(np.zeros((4, 2)), col_indices=(0, 7))
+
+
+def test_subprocess_writer_rejects_a_bad_row_anywhere_in_a_call(tmp_path):
+    sink = open_table_sink(str(tmp_path / "out"), schema="v:BIGINT,w:BIGINT")
+    with SubprocessSliceRowWriter(sink, buffer_size=8) as writer:
+        writer.begin_slice("s00000", "0")
+        with pytest.raises(SchemaError, match="row 0 .* is a int, not a tuple"):
+            writer.write([7, (1, 2)])
+        with pytest.raises(SchemaError, match="row 1 .* is a int, not a tuple"):
+            writer.write([(1, 2), 7, (3, 4)])  # nothing of the call is queued
+        # A row of the wrong length between good ones: the child finds it; the slice fails.
+        writer.write([(i, i) for i in range(3)] + [(9,)] + [(i, i) for i in range(3)])
+        with pytest.raises(SchemaError, match="has 1 values"):
+            writer.finish_slice()
+        writer.begin_slice("s00000", "1")
+        writer.write([(1, 2)])
+        ref = writer.finish_slice()
+    assert ref["rows"] == 1
+    publish_all(sink, [("s00000", ref)])
+    assert read_all(str(tmp_path / "out")) == [(1, 2)]
+
+
 def test_sigkill_of_the_child_is_an_error_in_the_parent_not_a_hang(tmp_path):
     out = str(tmp_path / "out")
     sink = open_table_sink(out, schema="v:BIGINT")

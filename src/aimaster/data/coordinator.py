@@ -436,9 +436,10 @@ class Dataset:
             self.session.copies_started -= 1
         return None
 
-    def next_claim(self, wait: bool = True, on_wait: Optional[Callable[[], None]] = None) -> Claim:
+    def next_claim(self, wait: bool = True, on_wait: Optional[Callable[[], Any]] = None) -> Claim:
         """Claim the next free slice, waiting while others hold the rest.
 
+        ``on_wait`` runs before each pause; a truthy result (progress) skips the pause.
         Raises OutOfRangeException once every slice is committed or failed.
         """
         delay = 0.05
@@ -461,8 +462,8 @@ class Dataset:
                 self._last_reconcile = time.monotonic()
                 if self.requeue_lost():
                     continue
-            if on_wait is not None:
-                on_wait()
+            if on_wait is not None and on_wait():
+                continue  # the hook made progress (committed our own slices in flight): look again now
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 

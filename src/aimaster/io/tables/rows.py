@@ -8,6 +8,7 @@ checked by :func:`aimaster.io.tables.types.to_arrow`.
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any, Dict, List, Optional, Sequence
 
 import pyarrow as pa
@@ -85,10 +86,13 @@ def rows_to_table(
     indices = check_col_indices(col_indices, schema, table)
     rows = normalize_rows(rows)
     n = len(rows)
-    for i, row in enumerate(rows):
-        if isinstance(row, (str, bytes)) or not hasattr(row, "__len__"):
-            raise SchemaError(f"row {i} written to {table} is a {type(row).__name__}, not a tuple of values "
-                              "(write a list of row tuples)")
+    # Checks and transposition run in C loops (set/map/itemgetter): a Python step per row would cost
+    # more than converting and encoding the values.
+    if not set(map(type, rows)) <= {tuple, list}:
+        for i, row in enumerate(rows):
+            if isinstance(row, (str, bytes)) or not hasattr(row, "__len__"):
+                raise SchemaError(f"row {i} written to {table} is a {type(row).__name__}, not a tuple of values "
+                                  "(write a list of row tuples)")
     lengths = set(map(len, rows))
     if lengths and lengths != {len(indices)}:
         bad = next(i for i, r in enumerate(rows) if len(r) != len(indices))
@@ -96,11 +100,12 @@ def rows_to_table(
             f"row {bad} written to {table} has {len(rows[bad])} values but col_indices names "
             f"{len(indices)} columns ({indices})"
         )
-    columns_by_index: Dict[int, Sequence[Any]] = dict(zip(indices, zip(*rows))) if n else {}
+    columns_by_index: Dict[int, List[Any]] = {
+        index: list(map(itemgetter(k), rows)) for k, index in enumerate(indices)} if n else {}
     arrays = []
     for j, column in enumerate(schema):
         if j in columns_by_index:
-            arrays.append(to_arrow(list(columns_by_index[j]), column, table))
+            arrays.append(to_arrow(columns_by_index[j], column, table))
         elif n == 0 and j in indices:
             arrays.append(pa.array([], arrow_type(column, table)))
         else:

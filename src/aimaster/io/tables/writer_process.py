@@ -54,7 +54,20 @@ _CLOSE_TIMEOUT_S = 30.0
 _MAX_CHUNK_ROWS = 16384
 MAX_FINISHING = 4
 _PIPE_BYTES = 1 << 20
-_CHILD_NICENESS = 0
+
+
+def _array_batch_shape(values: Any) -> Optional[Tuple[int, int]]:
+    """``(rows, columns)`` of a batch that can travel as numpy arrays -- a 2-D array, or a tuple of
+    equally long 1-D arrays (what a TF session returns for a batch) -- else None."""
+    np = sys.modules.get("numpy")
+    if np is None:
+        return None  # nobody imported numpy: the values cannot be numpy arrays
+    if isinstance(values, np.ndarray):
+        return (values.shape[0], values.shape[1]) if values.ndim == 2 else None
+    if isinstance(values, tuple) and values and all(isinstance(v, np.ndarray) and v.ndim == 1 for v in values):
+        lengths = {len(v) for v in values}
+        return (lengths.pop(), len(values)) if len(lengths) == 1 else None
+    return None
 
 
 def _dumps(message: Any) -> memoryview:
@@ -94,10 +107,6 @@ def _rebuild_error(name: str, message: str) -> BaseException:
 def _child_entry() -> None:
     """``python -c`` entry point of the child: ``argv`` holds the two pipe descriptors."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        os.nice(_CHILD_NICENESS)
-    except (AttributeError, OSError):
-        pass
     commands = Connection(int(sys.argv[1]), writable=False)
     results = Connection(int(sys.argv[2]), readable=False)
     try:
@@ -143,16 +152,15 @@ def _child_main(description: Mapping[str, Any], filter_value: Any, commands, res
             except (EOFError, OSError):
                 return  # the parent is gone: nothing of the open slice was committed
             op = message[0]
-            if op == "rows":
-                rows = message[1]
+            if op == "rows":  # ("rows", row tuples or numpy arrays, col_indices, row count)
                 if broken is None:
                     try:
-                        writer.write(rows, message[2])
+                        writer.write(message[1], message[2])
                     except BaseException as e:  # noqa: BLE001
                         broken = _error_message(e)
                         writer.abort_slice()
                         results.send(("error", seq) + broken)
-                results.send(("ack", len(rows)))
+                results.send(("ack", message[3]))
             elif op == "begin":
                 # Asynchronous: the parent goes on writing rows; a failure is reported as an error
                 # and the slice's finish then fails.
@@ -280,8 +288,11 @@ class SubprocessSliceRowWriter:
         if self._slice is None:
             raise ValueError("write() before begin_slice()")
         self._raise_slice_error()
-        rows = normalize_rows(values)
         indices = None if col_indices is None else tuple(int(i) for i in col_indices)
+        shape = _array_batch_shape(values)
+        if shape is not None:
+            return self._write_arrays(values, shape, indices)
+        rows = normalize_rows(values)
         self._check_shape(rows, indices)
         if self._pending and indices != self._pending_indices:
             self._flush()
@@ -295,15 +306,21 @@ class SubprocessSliceRowWriter:
         if not self._pending:
             # Whole chunks are sent straight from the caller's list, pickled before this returns.
             while len(rows) - start >= self.chunk_rows:
-                self._send_rows(rows[start:start + self.chunk_rows])
+                self._send_rows(rows[start:start + self.chunk_rows], self.chunk_rows)
                 start += self.chunk_rows
         if start < len(rows):
             # A remainder waits for more rows. tuple() copies a row given as a list (the caller may
             # reuse it before it is sent) and is free for a tuple.
-            self._pending.extend(map(tuple, rows[start:] if start else rows))
+            try:
+                tail = list(map(tuple, rows[start:] if start else rows))  # all or nothing of this call
+            except TypeError:
+                bad = next(i for i, r in enumerate(rows) if isinstance(r, (str, bytes)) or not hasattr(r, "__len__"))
+                raise SchemaError(f"row {bad} written to {self.description.get('url', 'the output table')} is a "
+                                  f"{type(rows[bad]).__name__}, not a tuple of values") from None
+            self._pending.extend(tail)
             while len(self._pending) >= self.chunk_rows:
                 rest = self._pending[self.chunk_rows:]
-                self._send_rows(self._pending[:self.chunk_rows])
+                self._send_rows(self._pending[:self.chunk_rows], self.chunk_rows)
                 self._pending = rest
         return len(rows)
 
@@ -420,31 +437,62 @@ class SubprocessSliceRowWriter:
             self._reported.discard(self._seq)
 
     def _check_shape(self, rows: Sequence[Sequence[Any]], indices: Optional[Tuple[int, ...]]) -> None:
-        """The checks that need no types, done here so that they fail at the offending call."""
-        names = self.column_names
+        """The checks that fail at the offending call: column indices, and the shape of the first and
+        last rows (a call's rows nearly always share one shape).
+
+        Every row is checked again by the child before anything of the chunk is staged, so a bad
+        row in the middle is raised at the next call and its slice never commits; checking all of
+        them here too would cost the parent, whose time is what the child is there to save.
+        """
         url = self.description.get("url", "the output table")
+        width = self._filled_columns(indices)
+        for n in sorted({0, len(rows) - 1}) if rows else ():
+            row = rows[n]
+            if isinstance(row, (str, bytes)) or not hasattr(row, "__len__"):
+                raise SchemaError(f"row {n} written to {url} is a {type(row).__name__}, not a tuple of values "
+                                  "(write a list of row tuples)")
+            if width is not None and len(row) != width:
+                raise SchemaError(f"row {n} written to {url} has {len(row)} values but {width} "
+                                  "columns are being filled")
+
+    def _filled_columns(self, indices: Optional[Tuple[int, ...]]) -> Optional[int]:
+        """How many values each row must have (None: unknown until the child sees the schema);
+        raises SchemaError for a column index out of range."""
+        names = self.column_names
         if indices is not None and names is not None:
             for i in indices:
                 if not 0 <= i < len(names):
+                    url = self.description.get("url", "the output table")
                     raise SchemaError(f"column index {i} is out of range for {url}, which has {len(names)} columns")
-        width = len(indices) if indices is not None else (len(names) if names is not None else None)
-        if width is not None and set(map(len, rows)) - {width}:
-            for n, row in enumerate(rows):
-                if len(row) != width:
-                    raise SchemaError(f"row {n} written to {url} has {len(row)} values but {width} "
-                                      "columns are being filled")
+        return len(indices) if indices is not None else (len(names) if names is not None else None)
 
     def _flush(self) -> None:
         if self._pending:
             chunk, self._pending = self._pending, []
-            self._send_rows(chunk)
+            self._send_rows(chunk, len(chunk))
 
-    def _send_rows(self, chunk: List[Any]) -> None:
-        """Send a chunk once the rows in flight leave room for it (acknowledgements free room)."""
-        while self._in_flight and sum(self._in_flight) + len(chunk) > self.buffer_size:
+    def _write_arrays(self, values: Any, shape: Tuple[int, int], indices: Optional[Tuple[int, ...]]) -> int:
+        """Send numpy batches as arrays: pickling an array is a copy of its buffer, so the parent's
+        cost per row all but vanishes (the child turns them into rows)."""
+        n, width = shape
+        expected = self._filled_columns(indices)
+        if n and expected is not None and width != expected:
+            raise SchemaError(f"rows written to {self.description.get('url', 'the output table')} have {width} "
+                              f"values but {expected} columns are being filled")
+        self._flush()
+        self._pending_indices = indices
+        for start in range(0, n, self.chunk_rows):
+            stop = min(n, start + self.chunk_rows)
+            part = values[start:stop] if not isinstance(values, tuple) else tuple(c[start:stop] for c in values)
+            self._send_rows(part, stop - start)
+        return n
+
+    def _send_rows(self, chunk: Any, n: int) -> None:
+        """Send ``n`` rows once the rows in flight leave room for them (acknowledgements free room)."""
+        while self._in_flight and sum(self._in_flight) + n > self.buffer_size:
             self._handle(self._next_message())
-        self._send(("rows", chunk, self._pending_indices))
-        self._in_flight.append(len(chunk))
+        self._send(("rows", chunk, self._pending_indices, n))
+        self._in_flight.append(n)
 
     def _send(self, message: tuple) -> None:
         try:
