@@ -122,15 +122,38 @@ def write_loop(path: str, out_dir: str, slice_size: int, buffer_size: int, work:
     return time.perf_counter() - t0
 
 
+MAXCOMPUTE_OUTPUT = "odps://prj/tables/out"
+
+
+def sink_work(args: argparse.Namespace, sink: str) -> int:
+    """Compute per row for a sink: the loop stays compute-bound (about 3x that sink's write time)."""
+    return args.maxcompute_work if sink == "maxcompute" else args.work
+
+
+def start_maxcompute(work: str):
+    """The MaxCompute stand-in over HTTP (benchmarks/maxcompute_http.py); its process and config."""
+    import subprocess
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import maxcompute_http
+
+    server = subprocess.Popen([sys.executable, maxcompute_http.__file__], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    ports = json.loads(server.stdout.readline())
+    return server, maxcompute_http.write_config(os.path.join(work, "odps_config.ini"), ports)
+
+
 def run_child(args: argparse.Namespace, mode: str) -> float:
     """Each measurement in a fresh process: its own standalone job, no warm caches shared."""
     import subprocess
 
     out = subprocess.run([sys.executable, __file__, "--child", mode, "--table", args.table, "--rows",
-                          str(args.rows), "--work", str(args.work), "--out", args.out,
+                          str(args.rows), "--work", str(args.work), "--maxcompute-work", str(args.maxcompute_work),
+                          "--out", args.out,
                           "--slice-size", str(args.slice_size)],
                          capture_output=True, text=True, check=False,
-                         env={k: v for k, v in os.environ.items() if not k.startswith("AIMASTER_")})
+                         env=dict({k: v for k, v in os.environ.items() if not k.startswith("AIMASTER_")},
+                                  **({"ODPS_CONFIG_FILE_PATH": args.odps_config} if args.odps_config else {})))
     if out.returncode != 0:
         raise SystemExit(f"benchmark child {mode} failed:\n{out.stderr}")
     return float(out.stdout.strip().splitlines()[-1])
@@ -145,12 +168,16 @@ def child(args: argparse.Namespace) -> None:
     elif mode == "read-aimaster":
         n = read_aimaster(args.table, 256, 65536)
         dt = time.perf_counter() - _READ_T0
-    else:  # "<compute|inprocess|subprocess>-<rows|arrays>"
-        kind, output = mode.split("-")
+    else:  # "<compute|inprocess|subprocess>-<rows|arrays>-<parquet|maxcompute>"
+        kind, output, sink = mode.split("-")
         buffer_size = 8192 if kind == "subprocess" else 0
-        out_dir = os.path.join(args.out, mode)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        dt = write_loop(args.table, out_dir, args.slice_size, buffer_size, args.work, kind != "compute", output)
+        if sink == "maxcompute":
+            out = MAXCOMPUTE_OUTPUT
+        else:
+            out = os.path.join(args.out, mode)
+            shutil.rmtree(out, ignore_errors=True)
+        dt = write_loop(args.table, out, args.slice_size, buffer_size, sink_work(args, sink), kind != "compute",
+                        output)
         n = args.rows
     assert n == args.rows, f"{mode}: read {n} rows, expected {args.rows}"
     print(dt)
@@ -160,26 +187,37 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--work", type=int, default=48,
-                   help="compute per row in the writer benchmark (48: about 3x the in-process write time)")
+                   help="compute per row writing to Parquet (48: well over the in-process write time)")
+    p.add_argument("--maxcompute-work", type=int, default=144,
+                   help="compute per row writing to MaxCompute, whose writes cost ~10x more (144: ~3x them)")
     p.add_argument("--slice-size", type=int, default=65536,
                    help="rows per slice in the writer benchmark (65,536: as in the read benchmark)")
+    p.add_argument("--sinks", default="parquet,maxcompute",
+                   help="output tables of the writer benchmark: a Parquet directory, and MaxCompute (pyodps over "
+                        "HTTP to the stand-in in benchmarks/maxcompute_http.py)")
     p.add_argument("--quick", action="store_true", help="100,000 rows")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--json")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--table", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--odps-config", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
     if args.quick:
         args.rows, args.repeat = 100_000, 1
     work = tempfile.mkdtemp(prefix="aimaster-bench-tables-")
+    sinks = [name.strip() for name in args.sinks.split(",") if name.strip()]
+    server = None
     try:
         args.table = os.path.join(work, "table.parquet")
         args.out = work
         make_table(args.table, args.rows)
-        writes = [f"{kind}-{output}" for output in ("rows", "arrays")
+        if "maxcompute" in sinks:
+            server, args.odps_config = start_maxcompute(work)
+        outputs = ("rows", "arrays")
+        writes = [f"{kind}-{output}-{sink}" for sink in sinks for output in outputs
                   for kind in ("compute", "inprocess", "subprocess")]
         modes = ("read-pyarrow", "read-aimaster", *writes)
         times = {mode: [] for mode in modes}
@@ -189,27 +227,39 @@ def main() -> None:
             for mode in modes:
                 times[mode].append(run_child(args, mode))
         best = {mode: min(t) for mode, t in times.items()}
-        read_ratio = best["read-pyarrow"] / best["read-aimaster"]
-        print(f"rows: {args.rows:,} x {COLUMNS} columns (Parquet), best of {args.repeat}")
-        print(f"read   pyarrow -> tuples              {args.rows / best['read-pyarrow']:>12,.0f} rows/s")
-        print(f"read   create_torch_dataset(bs=256)   {args.rows / best['read-aimaster']:>12,.0f} rows/s"
-              f"   ratio {read_ratio:.2f} (target >= 0.8)")
-        hidden = {}
-        for output in ("rows", "arrays"):
-            compute, inproc, subproc = (best[f"{k}-{output}"] for k in ("compute", "inprocess", "subprocess"))
+        report(args, sinks, outputs, best, times)
+    finally:
+        if server is not None:
+            server.stdin.close()
+            server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(args, sinks, outputs, best, times) -> None:
+    read_ratio = best["read-pyarrow"] / best["read-aimaster"]
+    print(f"rows: {args.rows:,} x {COLUMNS} columns (Parquet), best of {args.repeat}")
+    print(f"read   pyarrow -> tuples              {args.rows / best['read-pyarrow']:>12,.0f} rows/s")
+    print(f"read   create_torch_dataset(bs=256)   {args.rows / best['read-aimaster']:>12,.0f} rows/s"
+          f"   ratio {read_ratio:.2f} (target >= 0.8)")
+    hidden = {}
+    for sink in sinks:
+        for output in outputs:
+            compute, inproc, subproc = (best[f"{kind}-{output}-{sink}"]
+                                        for kind in ("compute", "inprocess", "subprocess"))
             write_time = inproc - compute
-            hidden[output] = (inproc - subproc) / write_time if write_time > 0 else float("nan")
-            print(f"write  results as {output} ({args.slice_size:,}-row slices)")
+            fraction = (inproc - subproc) / write_time if write_time > 0 else float("nan")
+            hidden[f"{output}-{sink}"] = fraction
+            print(f"write  to {sink}, results as {output} ({args.slice_size:,}-row slices, "
+                  f"work {sink_work(args, sink)})")
             print(f"         compute only                   {compute:>8.2f} s")
             print(f"         compute + writer buffer_size=0 {inproc:>8.2f} s   (write time {write_time:.2f} s)")
-            print(f"         compute + writer buffer_size>0 {subproc:>8.2f} s   hides {100 * hidden[output]:.0f}% "
+            print(f"         compute + writer buffer_size>0 {subproc:>8.2f} s   hides {100 * fraction:.0f}% "
                   "of write time (target >= 80%)")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"rows": args.rows, "slice_size": args.slice_size, "best_s": best, "times_s": times,
-                           "read_ratio": read_ratio, "write_hidden_fraction": hidden}, f, indent=2)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": args.rows, "slice_size": args.slice_size, "work": args.work,
+                       "maxcompute_work": args.maxcompute_work, "best_s": best,
+                       "times_s": times, "read_ratio": read_ratio, "write_hidden_fraction": hidden}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -64,15 +64,21 @@ class SliceRowWriter:
 
     def finish_slice(self) -> StagedRef:
         """Make the slice's rows durable in the staging area and return the ref to commit."""
-        self._check_open()
-        if self._stage is None:
-            raise ValueError("finish_slice() before begin_slice()")
-        stage, self._stage = self._stage, None
+        stage = self.detach_slice()
         try:
             return stage.commit()
         except BaseException:
             stage.abort()
             raise
+
+    def detach_slice(self) -> StageWriter:
+        """End the slice and hand its stage over, to be committed (``commit()``, or ``abort()`` on
+        failure) by the caller -- on another thread, say -- while this writer begins the next."""
+        self._check_open()
+        if self._stage is None:
+            raise ValueError("finish_slice() before begin_slice()")
+        stage, self._stage = self._stage, None
+        return stage
 
     def abort_slice(self) -> None:
         """Throw away the slice being written (nothing of it was staged)."""

@@ -35,12 +35,14 @@ import collections
 import io
 import os
 import pickle
+import queue
 import select
 import signal
 import subprocess
 import sys
+import threading
 from multiprocessing.connection import Connection
-from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import aimaster.errors as errors_module
 from aimaster.data.outputs import StagedRef
@@ -143,6 +145,8 @@ def _child_main(description: Mapping[str, Any], filter_value: Any, commands, res
         results.send(("reply", False, _error_message(e)))
         return
     results.send(("reply", True, [c.name for c in schema] if schema is not None else None))
+    results = _LockedSender(results)  # the finisher thread sends too
+    finisher = _Finisher(results.send)
     broken: Optional[Tuple[str, str]] = None
     seq = 0  # the parent's number for the slice being written, echoed in error messages
     try:
@@ -174,24 +178,81 @@ def _child_main(description: Mapping[str, Any], filter_value: Any, commands, res
                     results.send(("error", seq) + broken)
             elif op == "finish":
                 if broken is not None:
-                    results.send(("staged", False, ("TableIOError", f"slice aborted by an earlier error: {broken[1]}")))
+                    finisher.fail(("TableIOError", f"slice aborted by an earlier error: {broken[1]}"))
                     broken = None
                 else:
                     try:
-                        ref = writer.finish_slice()
+                        finisher.commit(writer.detach_slice())
                     except BaseException as e:  # noqa: BLE001
-                        results.send(("staged", False, _error_message(e)))
-                    else:
-                        results.send(("staged", True, ref))
+                        finisher.fail(_error_message(e))
             elif op == "abort":
                 broken = None
                 _reply(results, writer.abort_slice)
             elif op == "close":
+                finisher.stop()  # every finished slice answered before the reply
                 writer.close()
                 results.send(("reply", True, None))
                 return
     finally:
         writer.close()
+
+
+class _LockedSender:
+    """A connection's ``send`` for two threads."""
+
+    def __init__(self, connection: Connection):
+        self._connection = connection
+        self._lock = threading.Lock()
+
+    def send(self, message: tuple) -> None:
+        with self._lock:
+            self._connection.send(message)
+
+
+class _Finisher:
+    """Commits finished slices' stages on a thread of its own, in order, answering each with one
+    ``("staged", ok, value)``.
+
+    A stage's commit can be the slow part of a slice -- a MaxCompute block is uploaded whole, at
+    commit, so that it can be retried whole -- and done on the command loop it would stop the child
+    from taking the next slice's rows meanwhile, which stops the parent once the buffer is full.
+    At most MAX_FINISHING stages wait here: the parent has no more finishes outstanding.
+    """
+
+    def __init__(self, send: Callable[[tuple], None]):
+        self._send = send
+        self._queue: queue.Queue[Tuple[str, Any]] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="aimaster-stage-commit", daemon=True)
+        self._thread.start()
+
+    def commit(self, stage: Any) -> None:
+        self._queue.put(("stage", stage))
+
+    def fail(self, error: Tuple[str, str]) -> None:
+        self._queue.put(("error", error))
+
+    def stop(self) -> None:
+        self._queue.put(("stop", None))
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            kind, item = self._queue.get()
+            if kind == "stop":
+                return
+            if kind == "error":
+                self._send(("staged", False, item))
+                continue
+            try:
+                ref = item.commit()
+            except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
+                try:
+                    item.abort()
+                except Exception:  # noqa: BLE001 - the commit's error is the one to report
+                    pass
+                self._send(("staged", False, _error_message(e)))
+            else:
+                self._send(("staged", True, ref))
 
 
 def _reply(results, func, *args) -> None:
