@@ -11,6 +11,7 @@ in that commit's transaction (one etcd round trip per slice, as without a child)
 an explicit ``commit_slice`` and the end of the data wait for every slice in flight. A slice is
 never committed before its rows are durable, and a child that dies leaves its unstaged slices
 uncommitted, to be redone.
+
 The output table is an :class:`~aimaster.io.tables.TableSink` shared by every worker of the job:
 its description (for MaxCompute: the upload session ids) is agreed on through etcd once.
 """
@@ -157,9 +158,9 @@ class MaxComputeTableClient:
         """Commit every slice whose subprocess writers have staged it; returns how many.
 
         ``block``: wait until every slice in flight is staged and committed. ``claim_next``: the
-        caller claims a slice right after, which may ride in a commit's transaction. A slice whose staging
-        failed is given back (with the error, which is raised); if a writer's child died, its
-        slices in flight are left uncommitted (they are redone) and TableIOError is raised.
+        caller claims a slice right after, so that claim may ride in a commit's transaction.
+        A slice whose staging failed is given back (with the error, which is raised); if a writer's
+        child died, its slices in flight stay uncommitted (they are redone) and TableIOError is raised.
         """
         if not self._committing:
             return 0
