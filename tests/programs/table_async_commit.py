@@ -37,6 +37,16 @@ def done():
     return sorted(sid for sid, _ in client.dataset.committed())
 
 
+def write_remaining_slices(limit=None):
+    """get_next_slice() until OutOfRangeException, writing each slice's rows (its first ``limit``)."""
+    while True:
+        try:
+            path = client.get_next_slice()
+        except aimaster.data.OutOfRangeException:
+            return
+        writer.write(rows_of(path)[:limit], col_indices=(0, 1))
+
+
 if mode == "stopped":
     os.kill(child, signal.SIGSTOP)
     handed = []
@@ -47,12 +57,7 @@ if mode == "stopped":
     report["handed"] = handed
     report["done_while_stopped"] = done()
     os.kill(child, signal.SIGCONT)
-    while True:
-        try:
-            path = client.get_next_slice()
-        except aimaster.data.OutOfRangeException:
-            break
-        writer.write(rows_of(path)[:100], col_indices=(0, 1))
+    write_remaining_slices(limit=100)
     writer.close()
     report["done_at_end"] = done()
 elif mode == "killed":
@@ -79,23 +84,13 @@ elif mode == "bad-row":
         report["bad_slice"] = client.get_slice_id()
         writer.write([("not a number", 1.0)], col_indices=(0, 1))
         writer.write(rows_of(path), col_indices=(0, 1))
-        while True:
-            try:
-                path = client.get_next_slice()
-            except aimaster.data.OutOfRangeException:
-                break
-            writer.write(rows_of(path), col_indices=(0, 1))
+        write_remaining_slices()
         writer.close()
     except SchemaError as e:
         report["error"] = str(e)
     report["done_after_error"] = done()
 elif mode == "full":
-    while True:
-        try:
-            path = client.get_next_slice()
-        except aimaster.data.OutOfRangeException:
-            break
-        writer.write(rows_of(path), col_indices=(0, 1))
+    write_remaining_slices()
     report["done_at_out_of_range"] = done()
     writer.close()
 print(json.dumps(report), flush=True)
