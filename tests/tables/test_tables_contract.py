@@ -170,6 +170,8 @@ def test_col_indices_fill_some_columns_rest_null(backend):
         ([(1, "x")], None, "has 2 values"),
         ([(1,)], (5,), "out of range"),
         ([(1, 2)], (0, 0), "repeats"),
+        ([(1, "x", 1.0), {"a": 1, "b": "x", "c": 1.0}], None, "row 1 .* is a dict"),
+        ([(1, "x", 1.0), 7], None, "row 1 .* is a int"),
     ],
 )
 def test_schema_mismatch_raises_before_writing(backend, rows, col_indices, match):

@@ -2,14 +2,14 @@
 
 Reading converts each Arrow column with one ``to_pylist()`` call and zips the columns into row tuples:
 the per-value work happens in Arrow's C++ code, which is what keeps reads close to raw pyarrow speed.
-Writing goes the other way: rows are transposed with ``zip(*rows)`` and each column is converted and
-checked by :func:`aimaster.io.tables.types.to_arrow`.
+Writing goes the other way: rows are transposed column by column (``map(itemgetter(k), rows)``) and
+each column is converted and checked by :func:`aimaster.io.tables.types.to_arrow`.
 """
 
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import pyarrow as pa
 
@@ -90,7 +90,7 @@ def rows_to_table(
     # more than converting and encoding the values.
     if not set(map(type, rows)) <= {tuple, list}:
         for i, row in enumerate(rows):
-            if isinstance(row, (str, bytes)) or not hasattr(row, "__len__"):
+            if isinstance(row, (str, bytes, Mapping)) or not hasattr(row, "__len__"):
                 raise SchemaError(f"row {i} written to {table} is a {type(row).__name__}, not a tuple of values "
                                   "(write a list of row tuples)")
     lengths = set(map(len, rows))
