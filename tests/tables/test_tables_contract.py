@@ -210,3 +210,24 @@ def test_sink_schema(backend):
     url = backend.make_output("out", OUT)
     sink = backend.open_sink(url)
     assert sink.schema == [Column("a", "BIGINT"), Column("b", "STRING"), Column("c", "DOUBLE")]
+
+
+def test_column_batches_write_what_their_rows_would(backend):
+    """A TF session's tuple of column arrays and a 2-D numpy array go to Arrow column by column,
+    with the same values, checks and errors as the same rows given as tuples."""
+    np = pytest.importorskip("numpy")
+    url = backend.make_output("out", OUT)
+    sink = backend.open_sink(url)
+    columns = (np.array([1, 2, 3]), np.array([b"x", b"y", b"z"], dtype=object), np.array([0.5, 1.5, 2.5]))
+    with SliceRowWriter(sink, filter_value=b"y") as writer:
+        writer.begin_slice("s00000", "0")
+        assert writer.write(columns) == 2  # filtering sees rows, as with tuples
+        writer.write(np.array([[7.0, 8.5], [9.0, 10.5]]), col_indices=(0, 2))  # 2-D: BIGINT from 7.0 is fine
+        with pytest.raises(SchemaError, match="column a BIGINT"):
+            writer.write(np.array([[7.5, 8.5]]), col_indices=(0, 2))  # 7.5 is no BIGINT, as in a tuple
+        with pytest.raises(SchemaError, match="has 2 values but col_indices names 3"):
+            writer.write(np.zeros((2, 2)))
+        ref = writer.finish_slice()
+    sink.publish("s00000", ref)
+    sink.finalize([("s00000", ref)])
+    assert backend.output_rows(url) == [(1, "x", 0.5), (3, "z", 2.5), (7, None, 8.5), (9, None, 10.5)]

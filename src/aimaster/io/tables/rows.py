@@ -8,6 +8,8 @@ each column is converted and checked by :func:`aimaster.io.tables.types.to_arrow
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence as SequenceABC
 from operator import itemgetter
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -39,14 +41,45 @@ def _column_to_pylist(arr: pa.Array, strings_as_bytes: bool) -> List[Any]:
     return arr.to_pylist()
 
 
+class ColumnBatch(SequenceABC):
+    """Rows that arrived as columns (one Python list per column): a sequence of row tuples to code
+    that wants rows, and the columns as they are to :func:`rows_to_table`, which so skips turning
+    an array batch into rows only to turn it back into columns."""
+
+    __slots__ = ("columns", "_n")
+
+    def __init__(self, columns: List[List[Any]]):
+        if not columns:
+            raise ValueError("a column batch needs at least one column")
+        self.columns = columns
+        self._n = len(columns[0])
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return list(zip(*(c[i] for c in self.columns)))
+        return tuple(c[i] for c in self.columns)
+
+    def __iter__(self):
+        return zip(*self.columns)
+
+
 def normalize_rows(values: Any) -> Sequence[Sequence[Any]]:
     """Accept a list of row tuples/lists, anything with ``tolist()`` (a 2-D numpy array), or a tuple
     of equally long 1-D column arrays, which is what a TF session returns for a batched dataset
-    (``sess.run(batch)`` in the seed's TF example): those are turned into rows."""
+    (``sess.run(batch)`` in the seed's TF example). Column arrays and 2-D numpy arrays become a
+    :class:`ColumnBatch` (each column converted by one ``tolist()`` call)."""
+    if isinstance(values, ColumnBatch):
+        return values
     if isinstance(values, tuple) and values and all(getattr(v, "ndim", None) == 1 for v in values):
         lengths = {len(v) for v in values}
         if len(lengths) == 1:
-            return list(zip(*(v.tolist() for v in values)))
+            return ColumnBatch([v.tolist() for v in values])
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(values, np.ndarray) and values.ndim == 2 and values.shape[1] > 0:
+        return ColumnBatch(values.T.tolist())
     if isinstance(values, (list, tuple)):
         return values
     tolist = getattr(values, "tolist", None)
@@ -86,6 +119,11 @@ def rows_to_table(
     indices = check_col_indices(col_indices, schema, table)
     rows = normalize_rows(rows)
     n = len(rows)
+    if isinstance(rows, ColumnBatch):
+        if len(rows.columns) != len(indices):
+            raise SchemaError(f"row 0 written to {table} has {len(rows.columns)} values but col_indices names "
+                              f"{len(indices)} columns ({indices})")
+        return _columns_to_table(dict(zip(indices, rows.columns)) if n else {}, n, indices, schema, table)
     # Checks and transposition run in C loops (set/map/itemgetter): a Python step per row would cost
     # more than converting and encoding the values.
     if not set(map(type, rows)) <= {tuple, list}:
@@ -102,6 +140,11 @@ def rows_to_table(
         )
     columns_by_index: Dict[int, List[Any]] = {
         index: list(map(itemgetter(k), rows)) for k, index in enumerate(indices)} if n else {}
+    return _columns_to_table(columns_by_index, n, indices, schema, table)
+
+
+def _columns_to_table(columns_by_index: Dict[int, List[Any]], n: int, indices: List[int],
+                      schema: Sequence[Column], table: str) -> pa.Table:
     arrays = []
     for j, column in enumerate(schema):
         if j in columns_by_index:
