@@ -142,6 +142,8 @@ def test_subprocess_writer_rejects_a_bad_row_anywhere_in_a_call(tmp_path):
             writer.write([7, (1, 2)])
         with pytest.raises(SchemaError, match="row 1 .* is a int, not a tuple"):
             writer.write([(1, 2), 7, (3, 4)])  # nothing of the call is queued
+        with pytest.raises(SchemaError, match="row 0 .* is a dict, not a tuple"):
+            writer.write([{"v": 1, "w": 2}])  # as the in-process writer says it
         # A row of the wrong length between good ones: the child finds it; the slice fails.
         writer.write([(i, i) for i in range(3)] + [(9,)] + [(i, i) for i in range(3)])
         with pytest.raises(SchemaError, match="has 1 values"):

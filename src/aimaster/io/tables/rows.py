@@ -105,6 +105,13 @@ def check_col_indices(col_indices: Optional[Sequence[int]], schema: Sequence[Col
     return indices
 
 
+def check_row(index: int, row: Any, table: str) -> None:
+    """SchemaError unless ``row`` can be a row: a sequence of values, not a string or a mapping."""
+    if isinstance(row, (str, bytes, Mapping)) or not hasattr(row, "__len__"):
+        raise SchemaError(f"row {index} written to {table} is a {type(row).__name__}, not a tuple of values "
+                          "(write a list of row tuples)")
+
+
 def rows_to_table(
     rows: Sequence[Sequence[Any]],
     col_indices: Optional[Sequence[int]],
@@ -128,9 +135,7 @@ def rows_to_table(
     # more than converting and encoding the values.
     if not set(map(type, rows)) <= {tuple, list}:
         for i, row in enumerate(rows):
-            if isinstance(row, (str, bytes, Mapping)) or not hasattr(row, "__len__"):
-                raise SchemaError(f"row {i} written to {table} is a {type(row).__name__}, not a tuple of values "
-                                  "(write a list of row tuples)")
+            check_row(i, row, table)
     lengths = set(map(len, rows))
     if lengths and lengths != {len(indices)}:
         bad = next(i for i, r in enumerate(rows) if len(r) != len(indices))

@@ -48,7 +48,7 @@ import aimaster.errors as errors_module
 from aimaster.data.outputs import StagedRef
 from aimaster.errors import AimasterError, SchemaError, TableIOError
 from aimaster.io.tables.base import TableSink
-from aimaster.io.tables.rows import normalize_rows
+from aimaster.io.tables.rows import check_row, normalize_rows
 
 _POLL_S = 0.05
 _START_TIMEOUT_S = 120.0
@@ -375,9 +375,9 @@ class SubprocessSliceRowWriter:
             try:
                 tail = list(map(tuple, rows[start:] if start else rows))  # all or nothing of this call
             except TypeError:
-                bad = next(i for i, r in enumerate(rows) if isinstance(r, (str, bytes)) or not hasattr(r, "__len__"))
-                raise SchemaError(f"row {bad} written to {self.description.get('url', 'the output table')} is a "
-                                  f"{type(rows[bad]).__name__}, not a tuple of values") from None
+                for i, row in enumerate(rows):
+                    check_row(i, row, self.description.get("url", "the output table"))
+                raise
             self._pending.extend(tail)
             while len(self._pending) >= self.chunk_rows:
                 rest = self._pending[self.chunk_rows:]
@@ -413,11 +413,6 @@ class SubprocessSliceRowWriter:
         while len(self._finishing) > MAX_FINISHING:
             self._handle(self._next_message())
         return sid
-
-    @property
-    def finishing(self) -> int:
-        """How many finished slices are not yet staged or not yet collected by poll_finished."""
-        return len(self._finishing) + len(self._finished)
 
     def poll_finished(self, block: bool = False) -> List[Tuple[str, bool, Any]]:
         """The finishes the child has answered, in order: ``(slice_id, True, ref)`` or
@@ -509,9 +504,7 @@ class SubprocessSliceRowWriter:
         width = self._filled_columns(indices)
         for n in sorted({0, len(rows) - 1}) if rows else ():
             row = rows[n]
-            if isinstance(row, (str, bytes)) or not hasattr(row, "__len__"):
-                raise SchemaError(f"row {n} written to {url} is a {type(row).__name__}, not a tuple of values "
-                                  "(write a list of row tuples)")
+            check_row(n, row, url)
             if width is not None and len(row) != width:
                 raise SchemaError(f"row {n} written to {url} has {len(row)} values but {width} "
                                   "columns are being filled")
