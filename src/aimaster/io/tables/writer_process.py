@@ -11,7 +11,7 @@ child process that runs the real one. Design choices, each for a failure it prev
   thread with the child; a child SIGKILLed at the wrong moment leaves them held and the parent hangs
   (also at interpreter exit). With plain pipes, a dead child closes its ends, so the parent's next
   send fails with a broken pipe and its next poll sees EOF: the failure is always noticed.
-* **Bounded by rows, with acknowledgements.** Rows travel in chunks of about ``buffer_size / 4``;
+* **Bounded by rows, with acknowledgements.** Rows travel in chunks of about ``buffer_size / 2``;
   the child acknowledges each chunk once it is staged, and the parent never has more than
   ``buffer_size`` unacknowledged rows in flight. Memory stays bounded and a slow writer slows the
   producer instead of growing a queue.
