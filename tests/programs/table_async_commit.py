@@ -9,6 +9,10 @@ modes:
   bad-row    slice 0 gets a row of the wrong type: SchemaError is raised (by a write, by
              get_next_slice or by close), and slice 0 must not be committed.
   full       every slice; at OutOfRangeException, every slice must already be committed.
+  body-error an exception leaves a ``with writer:`` block while slice 0 is in flight: slice 0 is
+             committed on the way out (its rows were complete).
+  body-error-killed  the same after the child was SIGKILLed: slice 0 cannot be, so it is given
+             back to the pool at once (not left claimed until this process exits).
 """
 
 import json
@@ -89,6 +93,23 @@ elif mode == "bad-row":
     except SchemaError as e:
         report["error"] = str(e)
     report["done_after_error"] = done()
+elif mode in ("body-error", "body-error-killed"):
+    try:
+        with writer:
+            path = client.get_next_slice()
+            report["in_flight"] = [client.get_slice_id()]
+            writer.write(rows_of(path)[:100], col_indices=(0, 1))
+            if mode == "body-error-killed":
+                os.kill(child, signal.SIGSTOP)  # slice 0 is handed over but never staged
+            client.get_next_slice()
+            if mode == "body-error-killed":
+                os.kill(child, signal.SIGKILL)
+                writer._inner._proc.wait(timeout=30)
+            raise RuntimeError("the model failed")
+    except RuntimeError as e:
+        report["error"] = str(e)
+    report["done_after_error"] = done()
+    report["counts"] = client.dataset.counts()
 elif mode == "full":
     write_remaining_slices()
     report["done_at_out_of_range"] = done()

@@ -88,3 +88,23 @@ def test_out_of_range_comes_after_every_slice_in_flight_is_committed(job_env, ta
     report = run(job_env, "full", inp, out)
     assert len(report["done_at_out_of_range"]) == report["slices"]
     assert output_ids(out) == list(range(ROWS))
+
+
+def test_an_exception_in_a_writer_block_commits_complete_slices(job_env, tables):
+    inp, out = tables
+    report = run(job_env, "body-error", inp, out)
+    assert report["error"] == "the model failed"  # the body's exception is the one that propagates
+    assert report["done_after_error"] == report["in_flight"]
+
+
+def test_an_exception_after_the_child_died_gives_its_slices_back(job_env, tables):
+    inp, out = tables
+    report = run(job_env, "body-error-killed", inp, out)
+    assert report["error"] == "the model failed"
+    assert report["done_after_error"] == []
+    # Slice 0 is back in the pool now; only slice 1 (the current one, not handed over) is still held.
+    assert report["counts"]["running"] == 1
+    assert report["counts"]["todo"] == report["counts"]["total"] - 1
+    final = run(job_env, "full", inp, out)
+    assert len(final["done_at_out_of_range"]) == final["slices"]
+    assert output_ids(out) == list(range(ROWS))
