@@ -44,12 +44,12 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import pyetcd.utils
 
-from aimaster.data import OutOfRangeException, keys, speculation
+from aimaster.data import OutOfRangeException, keys, records, speculation
 from aimaster.data.keys import DatasetKeys
 from aimaster.data.outputs import OutputSink, StagedRef, sink_from_description
 from aimaster.data.session import WorkerSession
 from aimaster.data.store import dumps, loads
-from aimaster.errors import ConfigError
+from aimaster.errors import ConfigError, EtcdDataError
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class Claim:
     items: int = 0
     backup: bool = False  # a speculative copy of a slice another worker holds
     record: Optional[Dict[str, Any]] = None  # what our claim/copy key holds, to delete only our own
+    claim_latency: Optional[float] = None  # seconds the claim transaction took (for the histograms)
 
     def add_output(self, sink: OutputSink, ref: StagedRef) -> None:
         self.outputs.append((sink, ref))
@@ -113,6 +114,14 @@ class Dataset:
         self.speculation_multiplier = speculation.multiplier()
         self.max_copies = speculation.max_copies()
         self._durations: Tuple[float, List[float]] = (0.0, [])
+        # Validated completion, read incrementally: planned slice id -> mod revision of its record.
+        self._done: Dict[str, int] = {}
+        self._failed: Dict[str, int] = {}
+        self._scanned_rev = {"done": 0, "failed": 0}
+        self._ignored: set = set()  # keys of records outside the plan, warned about once
+        self._sink: Optional[Dict[str, Any]] = None  # the dataset's agreed output sink, once known
+        self._agreed: set = set()  # ids of the sink objects checked against it
+        self._ended_early = False  # OutOfRange was raised while this worker still held slices
 
     # ------------------------------------------------------------------ planning
     def ensure_plan(self, planner: Callable[[], PlanData], slice_size: int,
@@ -163,12 +172,15 @@ class Dataset:
             chunk: List[str] = []
             size = 0
             for name in data.items:
-                chunk.append(name)
-                size += len(name) + 3
-                if size >= CHUNK_BYTES:
+                # Budget in the bytes etcd will hold (a CJK character is 3 bytes of UTF-8, 6 when
+                # escaped), not in characters: 2,500 long CJK names once overflowed one chunk.
+                cost = len(dumps(name).encode("utf-8")) + 1
+                if chunk and size + cost > CHUNK_BYTES:
                     st.put(self.k.item_chunk(len(chunk_counts)), chunk)
                     chunk_counts.append(len(chunk))
                     chunk, size = [], 0
+                chunk.append(name)
+                size += cost
             if chunk:
                 st.put(self.k.item_chunk(len(chunk_counts)), chunk)
                 chunk_counts.append(len(chunk))
@@ -195,9 +207,7 @@ class Dataset:
     def _adopt(self, plan: Dict[str, Any], slice_size: int) -> Dict[str, Any]:
         for name, typ in (("num_items", int), ("slice_size", int), ("num_slices", int), ("width", int),
                           ("chunks", list), ("kind", str), ("source", dict)):
-            if not isinstance(plan.get(name), typ):
-                from aimaster.errors import EtcdDataError
-
+            if not isinstance(plan.get(name), typ) or isinstance(plan.get(name), bool):
                 raise EtcdDataError(
                     f"value at {self.store.key(self.k.plan)} has a bad {name!r}: {plan.get(name)!r:.80}")
         if plan["slice_size"] != int(slice_size):
@@ -247,8 +257,6 @@ class Dataset:
         if n not in self._chunks:
             value = self.store.get_value(self.k.item_chunk(n), expect=list)
             if value is None or not all(isinstance(x, str) for x in value):
-                from aimaster.errors import EtcdDataError
-
                 raise EtcdDataError(f"file list chunk {n} of dataset {self.ds_id} is missing or malformed")
             if len(self._chunks) > 8:
                 self._chunks.pop(next(iter(self._chunks)))
@@ -271,41 +279,39 @@ class Dataset:
             # Alone (standalone), go in order; among peers, pick at random so claims rarely collide.
             pick = 0 if getattr(self.session, "standalone", False) else random.randrange(len(self._candidates))
             sid, value, mod_rev = self._candidates.pop(pick)
-            try:
-                index = self.slice_index(sid)
-            except ValueError:
-                continue
-            attempt_no = int(value.get("a", 0)) + 1 if isinstance(value.get("a", 0), int) else 1
-            attempt = f"{self.session.worker_id}.{uuid.uuid4().hex[:8]}"
-            record = {"w": self.session.worker_id, "at": attempt, "a": attempt_no, "t": time.time()}
-            attempts = {"a": attempt_no, "e": value.get("e"), "w": self.session.worker_id, "b": 0}
-            claim = Claim(self, sid, index, attempt, attempt_no, self.session.lease_generation)
-            claim_key = st.key(self.k.claim + sid)
+            claim, attempts = self._new_attempt(sid, value)
             t0 = time.monotonic()
-            if self._take(claim, f"claim slice {sid}", claim_key,
+            if self._take(claim, f"claim slice {sid}", st.key(self.k.claim + sid),
                           [tx.mod(st.key(self.k.todo + sid)) == mod_rev],
                           [tx.delete(st.key(self.k.todo + sid)),
                            tx.put(st.key(self.k.attempts + sid), dumps(attempts))],
-                          record):
+                          claim.record):
                 claim.claim_latency = time.monotonic() - t0
                 return claim
             # Lost to another worker: our window is contended; look elsewhere next time.
             self._candidates = []
         return None
 
+    def _new_attempt(self, sid: str, todo: Dict[str, Any]) -> Tuple[Claim, Dict[str, Any]]:
+        """A new primary attempt at free slice ``sid`` (its todo value given): the Claim, whose
+        ``record`` is what the claim key will hold, and the ``attempts/<s>`` value to write."""
+        previous = todo.get("a", 0)
+        attempt_no = previous + 1 if isinstance(previous, int) and not isinstance(previous, bool) else 1
+        error = todo.get("e") if isinstance(todo.get("e"), str) else None
+        me = self.session.worker_id
+        attempt = f"{me}.{uuid.uuid4().hex[:8]}"
+        claim = Claim(self, sid, self.slice_index(sid), attempt, attempt_no, self.session.lease_generation)
+        claim.record = {"w": me, "at": attempt, "a": attempt_no, "t": time.time()}
+        return claim, {"a": attempt_no, "e": error, "w": me, "b": 0}
+
     def _claim_ops(self, sid: str, value: Dict[str, Any], lease) -> Tuple[Claim, Dict[str, Any], list]:
         """The claim of candidate ``sid``: its Claim, its record, and the operations that take it."""
         st, tx = self.store, self.store.tx
-        attempt_no = int(value.get("a", 0)) + 1 if isinstance(value.get("a", 0), int) else 1
-        attempt = f"{self.session.worker_id}.{uuid.uuid4().hex[:8]}"
-        record = {"w": self.session.worker_id, "at": attempt, "a": attempt_no, "t": time.time()}
-        attempts = {"a": attempt_no, "e": value.get("e"), "w": self.session.worker_id, "b": 0}
-        claim = Claim(self, sid, self.slice_index(sid), attempt, attempt_no, self.session.lease_generation)
-        claim.record = record
+        claim, attempts = self._new_attempt(sid, value)
         ops = [tx.delete(st.key(self.k.todo + sid)),
-               tx.put(st.key(self.k.claim + sid), dumps(record), lease=lease),
+               tx.put(st.key(self.k.claim + sid), dumps(claim.record), lease=lease),
                tx.put(st.key(self.k.attempts + sid), dumps(attempts))]
-        return claim, record, ops
+        return claim, claim.record, ops
 
     def _piggyback(self, lease) -> Optional[Tuple[Claim, Any]]:
         """A nested transaction claiming one more free slice, to ride inside a commit.
@@ -334,20 +340,40 @@ class Dataset:
         range keeps the read cheap (etcd counts every key of a range, whatever the limit).
         """
         st, todo = self.store, self.k.todo
-        found: List[Tuple[str, Any, Any]] = []
+        found: List[Tuple[str, bytes, Any]] = []
         standalone = getattr(self.session, "standalone", False)
         if not standalone and self.num_slices > CANDIDATES:
             for _ in range(2):
                 r = random.randrange(self.num_slices)
                 end = r + CLAIM_WINDOW
-                found = st.range_between(todo + self.slice_id(r),
-                                         todo + self.slice_id(end) if end < self.num_slices else None,
-                                         limit=CANDIDATES)
+                found = self._todo_range(todo + self.slice_id(r),
+                                         todo + self.slice_id(end) if end < self.num_slices else None)
                 if found:
                     break
         if not found:
-            found = st.range(todo, limit=CANDIDATES)
-        self._candidates = [(rel[len(todo):], value, meta.mod_revision) for rel, value, meta in found]
+            found = self._todo_range(todo, None)
+        self._candidates = []
+        for rel, raw, meta in found:
+            sid = rel[len(todo):]
+            if self._planned(sid) is None:
+                self._ignore(rel, "its slice id is not in the plan")
+                continue
+            try:
+                value = loads(raw, st.key(rel))
+            except EtcdDataError:
+                value = {}  # a todo key's presence is what counts; its attempt count restarts
+            self._candidates.append((sid, value, meta.mod_revision))
+
+    def _todo_range(self, start_rel: str, end_rel: Optional[str]) -> List[Tuple[str, bytes, Any]]:
+        """Up to CANDIDATES todo keys from ``start_rel`` (raw values: one bad value spoils no claim)."""
+        st = self.store
+        start = st.key(start_rel)
+        end = (st.key(end_rel) if end_rel is not None
+               else pyetcd.utils.prefix_range_end(pyetcd.utils.to_bytes(st.key(self.k.todo))))
+        items = st.call(f"range {start}", lambda c: list(c.get_range(
+            start, end, limit=CANDIDATES, sort_order="ascend", sort_target="key")))
+        n = len(st.prefix)
+        return [(meta.key.decode("utf-8", "replace")[n:], raw, meta) for raw, meta in items]
 
     def _take(self, claim: Claim, what: str, key: str, compare: list, ops: list, record: Dict[str, Any]) -> bool:
         """Create ``key`` (our attempt, bound to our lease) with ``ops`` if ``compare`` holds.
@@ -397,9 +423,19 @@ class Dataset:
             return None
         st, tx = self.store, self.store.tx
         me = self.session.worker_id
-        held = [(rel[len(self.k.claim):], value, meta) for rel, value, meta in st.range(self.k.claim)]
+        held = []
+        for rel, raw, meta in st.iter_prefix_chunks(self.k.claim):
+            try:
+                value = loads(raw, st.key(rel))
+            except EtcdDataError:
+                continue  # not a claim; in_flight() clears it
+            if records.holder(value) is not None and meta.lease_id:
+                held.append((rel[len(self.k.claim):], value, meta))
         if not held:
             return None
+        # A holder waiting for slices (or done) has finished its slice and only not committed it yet.
+        beats = self._beats()
+        held = [(sid, v, m) for sid, v, m in held if not records.beat_parks(beats.get(v["w"]), f"{self.ds_id}/{sid}")]
         metas = {sid: meta for sid, _, meta in held}
         mine = {sid for ds, sid, _ in list(self.session.claims) if ds == self.ds_id}
         age_needed = speculation.min_age(self._recent_durations(), self.speculation_multiplier)
@@ -440,7 +476,8 @@ class Dataset:
         """Claim the next free slice, waiting while others hold the rest.
 
         ``on_wait`` runs before each pause; a truthy result (progress) skips the pause.
-        Raises OutOfRangeException once every slice is committed or failed.
+        Raises OutOfRangeException once every slice is committed or failed, or once no slice can
+        come to this worker any more (see :meth:`nothing_left_for_me`).
         """
         delay = 0.05
         while True:
@@ -457,7 +494,16 @@ class Dataset:
             if claim is not None:
                 return claim
             # Waiting is not hanging: the master's hang detection leaves a waiting worker alone.
+            # Peers read this beat too: what a waiting worker holds is finished, not in progress.
             self.session.beat("waiting")
+            if self.nothing_left_for_me():
+                if on_wait is not None and on_wait():
+                    continue  # our own slices in flight got committed: look again
+                self._ended_early = True
+                self.session.beat("done")
+                raise OutOfRangeException(
+                    f"no slice of dataset {self.ds_id} is left to hand out: the uncommitted ones are held by "
+                    f"this worker or by workers finishing theirs")
             if time.monotonic() - self._last_reconcile > 1.0:
                 self._last_reconcile = time.monotonic()
                 if self.requeue_lost():
@@ -492,10 +538,14 @@ class Dataset:
         if claim.backup:
             record["spec"] = True
         # Latencies for the master's histograms: this attempt's claim, the worker's previous commit.
-        if getattr(claim, "claim_latency", None) is not None:
+        if claim.claim_latency is not None:
             record["lc"] = round(claim.claim_latency, 6)
         if getattr(session, "last_commit_latency", None) is not None:
             record["lm"] = round(session.last_commit_latency, 6)
+        for sink in {id(sink): sink for sink, _ in claim.outputs}.values():
+            if id(sink) not in self._agreed:
+                self.agree_sink(sink.describe())
+                self._agreed.add(id(sink))
         session.untrack(claim)
         commit_t0 = time.monotonic()
         stats = self._stats_if_won(claim, dt, now)
@@ -512,15 +562,20 @@ class Dataset:
                 tx.delete(backup_prefix, range_end=pyetcd.utils.prefix_range_end(backup_prefix.encode())),
                 tx.put(st.key(keys.stats(session.worker_id)), dumps(stats)),
             ]
-            if session._register:
-                success.append(tx.put(st.key(keys.beat(session.worker_id)), dumps(session.beat_value()),
-                                      lease=lease))
             piggy[:] = []
+            extra = None
             if claim_next and self._next is None and self.plan is not None:
                 extra = self._piggyback(lease)
-                if extra is not None:
-                    piggy.append(extra[0])
-                    success.append(extra[1])
+            if session._register:
+                # The beat lists the slice claimed in this very transaction: were the worker to die
+                # now, the master must know it held that one too.
+                also = [f"{self.ds_id}/{extra[0].slice_id}"] if extra is not None else []
+                success.append(tx.put(st.key(keys.beat(session.worker_id)),
+                                      dumps(session.beat_value("working" if also else None, also=also)),
+                                      lease=lease))
+            if extra is not None:  # last: its reply is the last response, read below
+                piggy.append(extra[0])
+                success.append(extra[1])
             return st.txn(f"commit slice {sid}", [tx.version(done_key) == 0], success, [tx.get(done_key)])
 
         piggy: List[Claim] = []
@@ -547,6 +602,8 @@ class Dataset:
                 session.copies_won += 1
             for sink, ref in claim.outputs:
                 sink.publish(sid, ref)
+            if self._ended_early and self.is_complete():
+                self.finalize()  # nobody else may be left to see the dataset complete
         else:
             if claim.backup:
                 session.copies_lost += 1
@@ -619,18 +676,78 @@ class Dataset:
         millions) keeps this cheap however large the dataset. A suspect still in todo, done or failed
         is filtered by the requeue transaction's own comparisons.
         """
-        def ids(prefix: str, nested: bool = False) -> set:
-            n = len(prefix)
-            out = set()
-            for rel, _, _ in self.store.iter_prefix_chunks(prefix):
-                out.add(rel[n:].split("/", 1)[0] if nested else rel[n:])
-            return out
-
-        attempted = ids(self.k.attempts)
+        n = len(self.k.attempts)
+        attempted = {rel[n:] for rel, _, _ in self.store.iter_prefix_chunks(self.k.attempts)}
         if not attempted:
             return []
-        held = ids(self.k.claim) | ids(self.k.backup, nested=True)
-        return sorted(attempted - held)
+        return sorted(attempted - set(self.in_flight()))
+
+    def in_flight(self) -> Dict[str, List[str]]:
+        """Planned slices held now (primary claim or copies) -> the workers holding them.
+
+        A claim or copy key that is bound to no lease (written by hand) or holds no valid record
+        would never go away by itself and keep its slice "held" forever: it is deleted here, so the
+        slice counts as lost and is requeued.
+        """
+        held: Dict[str, List[str]] = {}
+        for prefix, nested in ((self.k.claim, False), (self.k.backup, True)):
+            for rel, raw, meta in self.store.iter_prefix_chunks(prefix):
+                rest = rel[len(prefix):]
+                sid = rest.split("/", 1)[0] if nested else rest
+                try:
+                    worker = records.holder(loads(raw, self.store.key(rel)))
+                except EtcdDataError:
+                    worker = None
+                if worker is None or not meta.lease_id or self._planned(sid) is None:
+                    self._clear_stale(rel, meta, "bound to no lease" if worker is not None and not meta.lease_id
+                                      else "not a claim of a planned slice")
+                    continue
+                held.setdefault(sid, []).append(worker)
+        return held
+
+    def _clear_stale(self, rel: str, meta: Any, why: str) -> None:
+        st, tx = self.store, self.store.tx
+        key = st.key(rel)
+        ok, _ = st.txn(f"clear stale {key}", [tx.mod(key) == meta.mod_revision], [tx.delete(key)])
+        if ok:
+            log.warning("aimaster: deleted %s: %s", key, why)
+
+    def _beats(self) -> Dict[str, Any]:
+        """Every worker's last heartbeat (malformed ones read as None: a beat is advisory)."""
+        out: Dict[str, Any] = {}
+        for rel, raw, _ in self.store.iter_prefix_chunks(keys.BEATS):
+            try:
+                out[rel[len(keys.BEATS):]] = loads(raw, self.store.key(rel))
+            except EtcdDataError:
+                out[rel[len(keys.BEATS):]] = None
+        return out
+
+    def nothing_left_for_me(self) -> bool:
+        """No slice can still come to this worker, though not all are committed yet.
+
+        True when none is free and every slice still uncommitted is held by this worker (its
+        process family included: a DataLoader reader and its consumer) or by a worker that is itself
+        waiting for slices, or done, with that slice in hand: those slices are finished, only not
+        committed yet (PAI's ``DataWriter`` commits a slice after asking for the next one), and
+        would come back only if their holder died. Without this, workers holding their last slice
+        would wait for each other forever. A slice a live peer is still processing, or one in no
+        state at all (its holder just died; it is being requeued), keeps us waiting.
+        """
+        if self.store.count(self.k.todo):
+            return False
+        held = self.in_flight()  # claims before beats: a beat older than a claim cannot park it
+        done, failed = self.completion()
+        settled = set(done) | set(failed)
+        open_slices = {sid: holders for sid, holders in held.items() if sid not in settled}
+        if len(settled) + len(open_slices) < self.num_slices:
+            return False
+        beats = self._beats()
+        me = speculation.family(self.session.worker_id)
+        for sid, holders in open_slices.items():
+            ref = f"{self.ds_id}/{sid}"
+            if not any(speculation.family(h) == me or records.beat_parks(beats.get(h), ref) for h in holders):
+                return False
+        return True
 
     def requeue_lost(self) -> int:
         """Put back every slice that is in no state (its holder's lease expired). Returns how many."""
@@ -667,35 +784,130 @@ class Dataset:
 
     # ------------------------------------------------------------------ progress
     def counts(self) -> Dict[str, int]:
+        done, failed = self.completion()
         st = self.store
         return {
             "total": self.num_slices,
-            "done": st.count(self.k.done),
-            "failed": st.count(self.k.failed),
+            "done": len(done),
+            "failed": len(set(failed) - set(done)),
             "running": st.count(self.k.claim),
             "todo": st.count(self.k.todo),
         }
 
     def is_complete(self) -> bool:
+        """Every planned slice committed or failed, by records that validate (see :mod:`.records`).
+
+        Raw key counts come first: they are cheap, and forged keys can only inflate them, so a
+        count short of the plan settles it. Only a count that claims completion is checked key
+        by key.
+        """
         st = self.store
-        return st.count(self.k.done) + st.count(self.k.failed) >= self.num_slices
+        if st.count(self.k.done) + st.count(self.k.failed) < self.num_slices:
+            return False
+        done, failed = self.completion()
+        return len(set(done) | set(failed)) >= self.num_slices
+
+    def completion(self) -> Tuple[Dict[str, int], Dict[str, int]]:
+        """(committed, failed): planned slice id -> mod revision of its record, validated.
+
+        Read incrementally (only records changed since the last call), so waiting workers and the
+        master can ask every round. A record outside the plan is ignored (and logged once); a record
+        of a planned slice that does not validate is refused with an error naming its key, since
+        that slice can then never be committed for real.
+        """
+        return self._scan("done"), self._scan("failed")
+
+    def _scan(self, kind: str) -> Dict[str, int]:
+        prefix = self.k.done if kind == "done" else self.k.failed
+        known = self._done if kind == "done" else self._failed
+        since = self._scanned_rev[kind]
+        if since and self.store.count(prefix) < len(known):
+            known.clear()  # records vanished (deleted by hand): read everything again
+            since = self._scanned_rev[kind] = 0
+        for rel, raw, meta in self._records_since(prefix, since):
+            self._scanned_rev[kind] = max(self._scanned_rev[kind], meta.mod_revision)
+            sid = rel[len(prefix):]
+            if self._planned(sid) is None:
+                self._ignore(rel, "its slice id is not in the plan")
+                continue
+            record = loads(raw, self.store.key(rel))
+            problem = (records.commit_problem(record, self.agreed_sink()) if kind == "done"
+                       else records.failure_problem(record))
+            if problem is not None:
+                raise EtcdDataError(f"refusing the record at {self.store.key(rel)}: {problem}")
+            known[sid] = meta.mod_revision
+        return known
+
+    def _records_since(self, prefix: str, since: int) -> Iterable[Tuple[str, bytes, Any]]:
+        if not since:
+            return self.store.iter_prefix_chunks(prefix)
+        absolute = self.store.key(prefix)
+        n = len(self.store.prefix)
+        items = self.store.call(f"range {absolute}", lambda c: list(
+            c.get_prefix(absolute, min_mod_revision=since + 1)))
+        return [(meta.key.decode("utf-8", "replace")[n:], raw, meta) for raw, meta in items]
+
+    def _planned(self, slice_id: str) -> Optional[int]:
+        return records.planned_index(slice_id, self.plan["width"], self.plan["num_slices"])
+
+    def _ignore(self, rel: str, why: str) -> None:
+        if rel not in self._ignored:
+            self._ignored.add(rel)
+            log.warning("aimaster: ignoring %s: %s", self.store.key(rel), why)
+
+    # ------------------------------------------------------------------ the output sink
+    def agreed_sink(self) -> Optional[Dict[str, Any]]:
+        """The dataset's output sink as agreed in etcd (None while no worker has written output)."""
+        if self._sink is None:
+            value = self.store.get_value(self.k.sink)
+            if value is not None and not isinstance(value.get("kind"), str):
+                raise EtcdDataError(f"value at {self.store.key(self.k.sink)} is not an output sink description")
+            self._sink = value
+        return self._sink
+
+    def agree_sink(self, description: Dict[str, Any]) -> None:
+        """Pin the dataset's output sink (the first writer's wins); refuse a worker writing elsewhere.
+
+        Commit records are only believed when they name this sink, so the finalizer (which
+        republishes from records alone) never touches a location outside the job's output.
+        """
+        st, tx = self.store, self.store.tx
+        current = self.agreed_sink()
+        if current is None:
+            key = st.key(self.k.sink)
+            ok, _ = st.txn("agree on the output sink", [tx.version(key) == 0], [tx.put(key, dumps(description))])
+            current = description if ok else self.agreed_sink()
+            self._sink = current
+        if dumps(current) != dumps(description):
+            raise ConfigError(f"dataset {self.ds_id} of this job writes its outputs to {dumps(current)}; this "
+                              f"worker's output is {dumps(description)} (use the same output, or a new --job-id)")
 
     # ------------------------------------------------------------------ finalize
     def committed(self) -> Iterable[Tuple[str, Dict[str, Any]]]:
-        n = len(self.k.done)
-        for rel, raw, _ in self.store.iter_prefix_chunks(self.k.done):
-            yield rel[n:], loads(raw, self.store.key(rel))
+        """(slice id, record) of every validated commit, in slice order."""
+        yield from self._validated(self.k.done, lambda r: records.commit_problem(r, self.agreed_sink()))
 
     def failed(self) -> Iterable[Tuple[str, Dict[str, Any]]]:
-        n = len(self.k.failed)
-        for rel, raw, _ in self.store.iter_prefix_chunks(self.k.failed):
-            yield rel[n:], loads(raw, self.store.key(rel))
+        yield from self._validated(self.k.failed, records.failure_problem)
+
+    def _validated(self, prefix: str, problem_of: Callable[[Any], Optional[str]]):
+        for rel, raw, _ in self.store.iter_prefix_chunks(prefix):
+            sid = rel[len(prefix):]
+            if self._planned(sid) is None:
+                self._ignore(rel, "its slice id is not in the plan")
+                continue
+            record = loads(raw, self.store.key(rel))
+            problem = problem_of(record)
+            if problem is not None:
+                raise EtcdDataError(f"refusing the record at {self.store.key(rel)}: {problem}")
+            yield sid, record
 
     def finalize(self) -> bool:
         """Publish every committed output (again, idempotently) and close per-job sinks, once.
 
         Run by whichever process first sees the dataset complete (and by the master at the end, in
         case that process died half-way): it repairs a crash between a commit and its publish.
+        Only the dataset's agreed sink is ever rebuilt: every record was checked to name it.
         """
         st, tx = self.store, self.store.tx
         if st.get_value(self.k.finalized) is not None:
@@ -706,20 +918,13 @@ class Dataset:
         if not ok:
             return False
         try:
-            sinks: Dict[str, OutputSink] = {}
-            pairs: Dict[str, List[Tuple[str, StagedRef]]] = {}
-            for sid, record in self.committed():
-                for out in record.get("out") or []:
-                    if not isinstance(out, dict) or not isinstance(out.get("sink"), dict):
-                        continue
-                    key = dumps(out["sink"])
-                    if key not in sinks:
-                        sinks[key] = sink_from_description(out["sink"])
-                        pairs[key] = []
-                    sinks[key].publish(sid, out.get("ref") or {})
-                    pairs[key].append((sid, out.get("ref") or {}))
-            for key, sink in sinks.items():
-                sink.finalize(pairs[key])
+            pairs = [(sid, out["ref"]) for sid, record in self.committed() for out in record.get("out") or []]
+            description = self.agreed_sink()
+            if description is not None:
+                sink = sink_from_description(description)
+                for sid, ref in pairs:
+                    sink.publish(sid, ref)
+                sink.finalize(pairs)
             st.put(self.k.finalized, {"t": time.time(), "w": self.session.worker_id})
         finally:
             st.delete(self.k.finalizing)

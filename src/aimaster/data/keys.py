@@ -20,6 +20,8 @@ Everything lives under ``/aimaster/v1/jobs/<job-id>/``::
     ds/<ds>/done/<slice>        the one commit of a slice: attempt, worker, staged outputs, whether
                                 a speculative copy won ("spec")
     ds/<ds>/failed/<slice>      a slice given up on, with its error
+    ds/<ds>/sink                the dataset's output sink (its description), agreed by the first
+                                writer; commit records naming any other location are refused
     ds/<ds>/finalized           outputs of the whole dataset published (and sessions committed)
 """
 
@@ -82,6 +84,7 @@ class DatasetKeys:
         self.failed = self.base + "failed/"
         self.finalized = self.base + "finalized"
         self.finalizing = self.base + "finalizing"
+        self.sink = self.base + "sink"
 
     def item_chunk(self, n: int) -> str:
         return f"{self.items}{n:06d}"

@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import grpc
 
@@ -149,12 +149,13 @@ class WorkerSession:
         with self._lock:
             self.claims.pop((claim.dataset.ds_id, claim.slice_id, claim.attempt), None)
 
-    def beat_value(self, state: Optional[str] = None) -> Dict[str, Any]:
+    def beat_value(self, state: Optional[str] = None, also: Sequence[str] = ()) -> Dict[str, Any]:
+        """The heartbeat: ``held`` lists every attempt tracked, plus ``also`` (claims being taken)."""
         if state is not None:
             self.state = state
         self._last_beat = time.monotonic()
         with self._lock:
-            held = sorted({f"{ds}/{sid}" for ds, sid, _ in self.claims})
+            held = sorted({f"{ds}/{sid}" for ds, sid, _ in self.claims} | set(also))
         return {"t": time.time(), "state": self.state, "held": held, "slices": self.slices_committed}
 
     def beat(self, state: Optional[str] = None, force: bool = False) -> None:
