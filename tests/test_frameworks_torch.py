@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import aimaster_cmd, clean_env, make_files, program, read_outputs, wait_for
+from helpers import aimaster_cmd, clean_env, make_files, program, read_outputs, run_aimaster, wait_for
 
 pytest.importorskip("torch")
 
@@ -177,3 +177,19 @@ def test_table_dataset_walks_all_slices_and_commits_rows_per_slice(tmp_path, job
         assert f"ok: {what}:" in r.stdout, r.stdout
     rows = _warehouse_rows(str(warehouse), "dst")
     assert sorted(rows, key=lambda t: int(t[0])) == [(str(i), f"{i * 0.5 + 1:g}") for i in range(230)]
+
+
+def test_an_input_replaced_by_a_fifo_fails_its_slice_in_the_dataloader_instead_of_hanging(tmp_path):
+    """The DataLoader readers check a slice's inputs as get_next_slice() does: a FIFO (whose open()
+    would block forever) fails that slice, reported; the rest of the job is done."""
+    inp, out, state = tmp_path / "in", tmp_path / "out", tmp_path / "state"
+    names = make_files(str(inp), 9, nested=False)
+    r = run_aimaster("run", "-n", "1", "--job-id", "fifo", "--state-dir", str(state), "--quiet",
+                     "--max-slice-attempts", "2", "--", sys.executable, program("torch_file_slices.py"),
+                     str(inp), str(out), "3", "2", env={"SWAP_TO_FIFO": "f00004.txt"}, timeout=120)
+    assert r.returncode != 0, r.stderr
+    report = json.load(open(state / "jobs" / "fifo" / "report.json"))
+    assert [f["slice"] for f in report["failed_slices"]] == ["000001"], report["failed_slices"]
+    assert "is a FIFO, not a regular file" in report["failed_slices"][0]["error"]
+    lines = sorted(line.split("\t")[0] for line in read_outputs(str(out)))
+    assert lines == [n for n in names if n not in ("f00003.txt", "f00004.txt", "f00005.txt")]

@@ -3,6 +3,8 @@
 usage: torch_file_slices.py INPUT_DIR OUTPUT_DIR SLICE_SIZE NUM_WORKERS [START_METHOD] [BATCH_SIZE]
 env:   BATCH_SLEEP   seconds the consumer spends per batch (so the loader workers run ahead)
        READ_LOG      directory: each reading process appends "<slice> <pid>" per item it reads
+       SWAP_TO_FIFO  an input (relative path) replaced by a FIFO once the job is planned (an open()
+                     of it would wait forever)
 
 One output line per input file, "<relative path>\t<file content>", in the output file of the
 file's slice, written through the stream's per-slice output helper.
@@ -33,6 +35,11 @@ def main() -> None:
     sleep = float(os.environ.get("BATCH_SLEEP", "0"))
     client = elastic_inference.PosixFileClient(elastic_inference.PosixFileConfig(
         input_dir=input_dir, output_dir=output_dir, slice_size=slice_size))
+    swap = os.environ.get("SWAP_TO_FIFO")
+    if swap and not os.path.exists(os.path.join(output_dir, ".swapped")):
+        open(os.path.join(output_dir, ".swapped"), "w").close()
+        os.unlink(os.path.join(input_dir, swap))
+        os.mkfifo(os.path.join(input_dir, swap))
     dataset = client.create_torch_dataset(transform=read_text)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                                          multiprocessing_context=method if num_workers else None)

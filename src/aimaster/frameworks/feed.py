@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Any, Callable, Iterator, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from aimaster.data.coordinator import Claim, Dataset
 from aimaster.errors import ConfigError
@@ -28,6 +28,22 @@ log = logging.getLogger(__name__)
 Loader = Callable[[Dataset, Claim], Any]
 _END = object()
 _JOIN_S = 10.0
+
+
+class UnusableSlice(Exception):
+    """Raised by a loader: this slice cannot be read here (its message says why); give it back with
+    that error, so that it fails for good after its attempts, and go on with the next one."""
+
+
+def load_file_slice(dataset: Dataset, claim: Claim) -> List[str]:
+    """The loader of file datasets: the slice's input paths, checked as ``get_next_slice()`` does."""
+    from aimaster.io.file_plan import slice_inputs
+
+    paths, problem = slice_inputs(dataset, claim.index)
+    if problem is not None:
+        raise UnusableSlice(problem)
+    claim.items = len(paths)
+    return paths
 
 
 def check_tracked(spec: SliceSpec) -> None:
@@ -93,6 +109,11 @@ class SliceFeed:
                 claims_module.remember(claim)
                 try:
                     content = self.load(dataset, claim)
+                except UnusableSlice as e:
+                    log.warning("aimaster: slice %s: %s; giving it back", claim.slice_id, e)
+                    _release(dataset, claim, str(e))
+                    slots.release()
+                    continue
                 except BaseException as e:
                     _release(dataset, claim, f"{type(e).__name__}: {e}")
                     ready.put(e)

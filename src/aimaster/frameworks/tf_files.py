@@ -9,15 +9,14 @@ written.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator
 
 import numpy as np
 import tensorflow as tf
 
 from aimaster.errors import ConfigError
 from aimaster.frameworks.claims import spec_of
-from aimaster.frameworks.feed import SliceFeed, check_prefetch
-from aimaster.io import files
+from aimaster.frameworks.feed import SliceFeed, check_prefetch, load_file_slice
 
 
 def create_tf_dataset(client, prefetch_slices: int = 1) -> tf.data.Dataset:
@@ -25,17 +24,10 @@ def create_tf_dataset(client, prefetch_slices: int = 1) -> tf.data.Dataset:
         raise ConfigError("PosixFileClient.create_tf_dataset() is for TF2 eager code; in graph mode feed the "
                           "paths from get_next_slice() to your own placeholder")
     spec = spec_of(client)
-    base = client.dataset.plan["source"]["base"]
-
-    def load(dataset, claim) -> List[str]:
-        names = dataset.items(claim.index)
-        claim.items = len(names)
-        return [files.join(base, n) for n in names]
-
     check_prefetch(prefetch_slices)
 
     def generate() -> Iterator[Dict[str, np.ndarray]]:
-        for claim, paths in SliceFeed(spec, load, prefetch_slices):
+        for claim, paths in SliceFeed(spec, load_file_slice, prefetch_slices):
             yield {"slice_id": np.full(len(paths), claim.slice_id.encode(), dtype=object),
                    "path": np.array([p.encode("utf-8") for p in paths], dtype=object)}
 

@@ -20,9 +20,8 @@ import torch.utils.data
 
 from aimaster.errors import ConfigError
 from aimaster.frameworks.claims import spec_of, token_of
-from aimaster.frameworks.feed import SliceFeed, check_prefetch
+from aimaster.frameworks.feed import SliceFeed, check_prefetch, load_file_slice
 from aimaster.frameworks.stream import SliceStream, binding_for
-from aimaster.io import files
 
 RESERVED = ("slice_id", "claim", "path")
 
@@ -35,7 +34,6 @@ class FileSliceDataset(torch.utils.data.IterableDataset):
             raise ConfigError(f"transform must be callable, got {transform!r}")
         self._client = client
         self._spec = spec_of(client)
-        self._base = client.dataset.plan["source"]["base"]
         self.transform = transform
         self.prefetch_slices = check_prefetch(prefetch_slices)
 
@@ -45,9 +43,7 @@ class FileSliceDataset(torch.utils.data.IterableDataset):
         return state
 
     def _load(self, dataset, claim) -> List[str]:
-        names = dataset.items(claim.index)
-        claim.items = len(names)
-        return [files.join(self._base, n) for n in names]
+        return load_file_slice(dataset, claim)
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         for claim, paths in SliceFeed(self._spec, self._load, self.prefetch_slices):

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from aimaster.data.coordinator import Claim, Dataset, PlanData
 from aimaster.data.runtime import current_session
-from aimaster.errors import ConfigError, InputNotFoundError
-from aimaster.io import files
+from aimaster.errors import ConfigError, EtcdDataError, InputNotFoundError
+from aimaster.io import file_plan, files, input_check
+
+log = logging.getLogger(__name__)
 
 
 class PosixFileConfig:
-    """Where the files are, where outputs go, and how many files make a slice."""
+    """Where the files are, where outputs go, and how many files make a slice.
+
+    ``skip_unreadable``: entries under ``input_dir`` that cannot be read (an unreadable directory,
+    a dangling symlink, a name that is not UTF-8) are left out with a warning, and recorded in the
+    plan, instead of failing the job (the default: never lose inputs silently).
+    """
 
     def __init__(self, input_dir, output_dir, slice_size, auto_create_output_dir=True,
-                 input_file_meta_path=""):
+                 input_file_meta_path="", skip_unreadable=False):
         if not isinstance(slice_size, int) or isinstance(slice_size, bool) or slice_size <= 0:
             raise ConfigError(f"slice_size must be a positive integer, got {slice_size!r}")
         if not input_dir and not input_file_meta_path:
@@ -25,6 +33,7 @@ class PosixFileConfig:
         self.slice_size = slice_size
         self.auto_create_output_dir = auto_create_output_dir
         self.input_file_meta_path = input_file_meta_path or ""
+        self.skip_unreadable = bool(skip_unreadable)
 
     def __repr__(self) -> str:
         return (f"PosixFileConfig(input_dir={self.input_dir!r}, output_dir={self.output_dir!r}, "
@@ -48,11 +57,17 @@ class PosixFileClient:
         self._session = current_session()
         source = self._source_key()
         self._dataset = Dataset(self._session, "f-" + files.dataset_key(*source))
-        self._dataset.ensure_plan(self._plan, config.slice_size)
-        self._base = self._dataset.plan["source"]["base"]
+        self._listed: Optional[dict] = None  # fingerprint of our own listing, if we planned
+        plan = self._dataset.ensure_plan(self._plan, config.slice_size)
+        self._base = plan["source"].get("base")
+        if not isinstance(self._base, str) or not self._base:
+            raise EtcdDataError(f"the plan of dataset {self._dataset.ds_id} names no input base: {self._base!r:.100}")
+        if self._listed is None or plan["source"].get("input") != self._listed:
+            self._check_input(plan)  # not the plan of our own listing: maybe one of an earlier run
         self._held: Dict[str, Claim] = {}
         self._current: Optional[str] = None
         self._open: Dict[str, List[files.StagedFile]] = {}
+        self._paths: Dict[str, List[Tuple[str, List[str]]]] = {}  # slice_output_path files, to fsync
 
     def _source_key(self):
         c = self.config
@@ -63,22 +78,47 @@ class PosixFileClient:
         return ("files", norm(c.input_dir), norm(c.input_file_meta_path))
 
     def _plan(self) -> PlanData:
-        c = self.config
-        if c.input_file_meta_path:
-            base, names = files.read_meta_file(c.input_file_meta_path, c.input_dir)
-        else:
-            base, names = files.list_input_files(c.input_dir)
-        return PlanData("files", len(names), {"base": base}, names)
+        _, input_dir, meta = self._source_key()
+        names, source = file_plan.plan_files(input_dir, meta, self.config.skip_unreadable)
+        # This run's verdict on its input, before the plan exists: a peer adopting the plan moments
+        # from now must not list the input again (see aimaster.io.input_check).
+        input_check.vouch(self._session, self._dataset.k.base)
+        self._listed = source["input"]
+        return PlanData("files", len(names), source, names)
+
+    def _check_input(self, plan) -> None:
+        """A plan we did not just make may be from an earlier run: is the input still the planned one?"""
+        ds = self._dataset
+
+        def planned_names() -> List[str]:
+            return [name for index in range(ds.num_slices) for name in ds.items(index)]
+
+        def list_now() -> List[str]:
+            _, input_dir, meta = self._source_key()
+            return file_plan.plan_files(input_dir, meta, self.config.skip_unreadable)[0]
+
+        job_id = self._session.store.prefix.rstrip("/").rsplit("/", 1)[-1]
+        input_check.ensure_unchanged(self._session, ds.k.base, plan, job_id, list_now, planned_names)
 
     # ------------------------------------------------------------------ the seed's API
     def get_next_slice(self) -> List[str]:
-        """Claim the next slice and return its file paths; raises OutOfRangeException when done."""
-        claim = self._dataset.next_claim()
-        names = self._dataset.items(claim.index)
-        claim.items = len(names)
+        """Claim the next slice and return its file paths; raises OutOfRangeException when done.
+
+        A slice with a local input that is no longer a regular file (deleted, or replaced by a FIFO
+        that would block the program's ``open()`` forever) is given back with an error naming it,
+        and fails for good after its attempts, reported; the next slice is returned instead.
+        """
+        while True:
+            claim = self._dataset.next_claim()
+            paths, problem = file_plan.slice_inputs(self._dataset, claim.index)
+            if problem is None:
+                break
+            log.warning("aimaster: slice %s: %s; giving it back", claim.slice_id, problem)
+            self._dataset.release(claim, problem)
+        claim.items = len(paths)
         self._held[claim.slice_id] = claim
         self._current = claim.slice_id
-        return [files.join(self._base, n) for n in names]
+        return paths
 
     def get_slice_id(self) -> Optional[str]:
         """Id of the slice most recently returned by get_next_slice (None before the first)."""
@@ -94,6 +134,8 @@ class PosixFileClient:
             raise ConfigError(f"slice {sid!r} is not held by this worker (already committed, or never claimed)")
         for f in self._open.pop(sid, []):
             f.close()
+        for path, created in self._paths.pop(sid, []):
+            self._sink.sync_staged(path, created)  # written by a library: make it durable first
         return self._dataset.commit(claim)
 
     # ------------------------------------------------------------------ atomic outputs
@@ -130,10 +172,9 @@ class PosixFileClient:
         if claim is None:
             raise ConfigError(f"no slice {sid!r} held by this worker to write output for")
         final = name if name is not None else f"{sid}{suffix}"
-        staged = f"{files.STAGING_DIR}/{sid}/{claim.attempt}/{final}"
-        path = self._sink._path(staged)
-        self._sink.makedirs(os.path.dirname(path))
-        claim.add_output(self._sink, {"staged": staged, "final": final})
+        path, ref, created = self._sink.stage_path(sid, claim.attempt, final)
+        claim.add_output(self._sink, ref)
+        self._paths.setdefault(sid, []).append((path, created))
         return path
 
     def release_slice(self, slice_id: Optional[str] = None, error: Optional[str] = None) -> None:
@@ -144,6 +185,7 @@ class PosixFileClient:
             return
         for f in self._open.pop(sid, []):
             f.abort()
+        self._paths.pop(sid, None)
         self._dataset.release(claim, error)
 
     @property

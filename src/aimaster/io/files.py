@@ -20,7 +20,8 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from aimaster.data.outputs import OutputSink, StagedRef, register_sink
-from aimaster.errors import ConfigError, EmptyInputError, InputNotFoundError, MetaFileError
+from aimaster.errors import ConfigError, EmptyInputError, EtcdDataError, InputNotFoundError, MetaFileError
+from aimaster.io import durable, listing
 
 STAGING_DIR = ".aimaster-staging"
 
@@ -55,36 +56,34 @@ def _hidden(rel: str) -> bool:
     return any(part.startswith(".") for part in rel.split("/"))
 
 
-def list_input_files(input_dir: str) -> Tuple[str, List[str]]:
+def list_input_files(input_dir: str, skip_unreadable: bool = False) -> Tuple[str, List[str]]:
     """Every regular, non-hidden file under ``input_dir``, recursively, sorted; paths relative."""
+    base, found = list_inputs(input_dir, skip_unreadable)
+    return base, found.names
+
+
+def list_inputs(input_dir: str, skip_unreadable: bool = False) -> Tuple[str, listing.Listing]:
+    """Like :func:`list_input_files`, with what was left out (see :mod:`aimaster.io.listing`)."""
     fs, root = resolve(input_dir)
     if not fs.exists(root):
         raise InputNotFoundError(f"input directory {input_dir} does not exist")
     if not fs.isdir(root):
         raise ConfigError(f"input_dir {input_dir} is not a directory")
-    names: List[str] = []
     if isinstance(fs, LocalFileSystem):
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            rel_dir = os.path.relpath(dirpath, root)
-            for f in filenames:
-                if f.startswith("."):
-                    continue
-                full = os.path.join(dirpath, f)
-                if os.path.isfile(full):
-                    names.append(f if rel_dir == "." else posixpath.join(rel_dir.replace(os.sep, "/"), f))
+        found = listing.walk(root, skip_unreadable)
     else:
+        found = listing.Listing()
         for full, info in fs.find(root, detail=True).items():
             if info.get("type") != "file":
                 continue
             rel = full[len(root):].lstrip("/")
             if rel and not _hidden(rel):
-                names.append(rel)
-    names.sort()
-    if not names:
+                found.names.append(rel)
+        found.names.sort()
+    if not found.names:
         raise EmptyInputError(f"input directory {input_dir} contains no files")
     # URLs keep the user's spelling (memory://data, not fsspec's canonical memory:///data).
-    return (input_dir.rstrip("/") if is_url(input_dir) else display(fs, root)), names
+    return (input_dir.rstrip("/") if is_url(input_dir) else display(fs, root)), found
 
 
 def _field(meta: Mapping[str, Any], name: str) -> Any:
@@ -134,9 +133,34 @@ def join(base: str, rel: str) -> str:
     return base.rstrip("/") + "/" + rel
 
 
+def name_problem(name: str) -> Optional[str]:
+    """Why ``name`` cannot be an output's final name (None when it can): relative, inside the output
+    directory, and not in its staging area (which is deleted when the job's outputs are final)."""
+    if not isinstance(name, str) or not name:
+        return "is empty"
+    if name.startswith("/") or "\0" in name:
+        return "is not a relative path"
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return "has an empty, '.' or '..' component"
+    if parts[0] == STAGING_DIR:
+        return f"is inside the staging area {STAGING_DIR}"
+    return None
+
+
+def _component_ok(part: str) -> bool:
+    return bool(part) and part not in (".", "..") and "/" not in part and "\0" not in part
+
+
 @register_sink
 class FileSink(OutputSink):
-    """Per-slice output files in ``output_dir``, published by rename when their slice commits."""
+    """Per-slice output files in ``output_dir``, published by rename when their slice commits.
+
+    The refs it gets back from etcd (commit records) are checked against the one shape it writes,
+    ``{"staged": ".aimaster-staging/<slice>/<attempt>/<final>", "final": "<final>"}``: whoever can
+    write the job's keys must not be able to make publish rename, or discard delete, anything but
+    this sink's own staged files into this sink's own directory.
+    """
 
     kind = "files"
 
@@ -150,42 +174,95 @@ class FileSink(OutputSink):
 
     @classmethod
     def from_description(cls, description: Mapping[str, Any]) -> FileSink:
-        return cls(str(description["dir"]))
+        directory = description.get("dir")
+        if not isinstance(directory, str) or not directory:
+            raise EtcdDataError(f"file output sink description {dict(description)!r:.200} names no directory")
+        return cls(directory)
 
     def _path(self, rel: str) -> str:
-        if rel.startswith("/") or ".." in rel.split("/"):
-            raise ConfigError(f"output name {rel!r} must be a relative path inside {self.output_dir}")
+        problem = name_problem(rel)
+        if problem is not None:
+            raise ConfigError(f"output name {rel!r} {problem}: use a relative path inside {self.output_dir}")
         return self.root + "/" + rel
+
+    def stage_path(self, slice_id: str, attempt: str, name: str) -> Tuple[str, StagedRef, List[str]]:
+        """(staged path, ref, directories created for it) of output ``name`` of an attempt."""
+        self._path(name)  # validates the final name
+        if not (_component_ok(slice_id) and _component_ok(attempt)):
+            raise ConfigError(f"cannot stage output for slice {slice_id!r}, attempt {attempt!r}")
+        staged = f"{STAGING_DIR}/{slice_id}/{attempt}/{name}"
+        path = self.root + "/" + staged
+        created = self.makedirs(posixpath.dirname(path))
+        return path, {"staged": staged, "final": name}, created
 
     def open_staged(self, slice_id: str, attempt: str, name: str, mode: str = "w",
                     **kwargs) -> Tuple[StagedFile, StagedRef]:
-        staged = f"{STAGING_DIR}/{slice_id}/{attempt}/{name}"
-        self._path(name)  # validates the final name
-        path = self._path(staged)
-        self.makedirs(posixpath.dirname(path))
-        return StagedFile(self, path, mode, kwargs), {"staged": staged, "final": name}
+        path, ref, created = self.stage_path(slice_id, attempt, name)
+        return StagedFile(self, path, mode, kwargs, name, created), ref
 
-    def makedirs(self, directory: str) -> None:
-        """Create a staging directory, racing other workers that prune empty ones (see _prune)."""
+    def _ref(self, ref: Any, slice_id: Optional[str]) -> Tuple[str, str, str]:
+        """(staged path, final path, attempt directory) of a ref, which may come from etcd."""
+        def bad(why: str) -> EtcdDataError:
+            return EtcdDataError(f"refusing output ref {ref!r:.200} (slice {slice_id}) of the file output in "
+                                 f"{self.output_dir}: {why}")
+
+        if not isinstance(ref, Mapping):
+            raise bad("it is not an object")
+        staged, final = ref.get("staged"), ref.get("final")
+        if not isinstance(staged, str) or not isinstance(final, str):
+            raise bad("'staged' and 'final' must be strings")
+        problem = name_problem(final)
+        if problem is not None:
+            raise bad(f"its final name {problem}")
+        parts = staged.split("/")
+        if len(parts) < 4 or parts[0] != STAGING_DIR or not _component_ok(parts[1]) \
+                or not _component_ok(parts[2]) or "/".join(parts[3:]) != final \
+                or (slice_id is not None and parts[1] != slice_id):
+            raise bad(f"its staged path is not {STAGING_DIR}/{slice_id or '<slice>'}/<attempt>/<final name>")
+        return self.root + "/" + staged, self.root + "/" + final, self.root + "/" + "/".join(parts[:3])
+
+    def makedirs(self, directory: str) -> List[str]:
+        """Create a staging directory, racing other workers that prune empty ones (see _prune).
+
+        Returns the directories that did not exist (locally), whose entries the caller makes durable.
+        """
+        created = durable.missing_dirs(directory, self.root) if self.local else []
         for attempt in range(10):
             try:
                 self.fs.makedirs(directory, exist_ok=True)
-                return
+                return created
             except FileNotFoundError:  # a parent was pruned between two mkdir calls: try again
                 if attempt == 9:
                     raise
+            except OSError as e:
+                raise durable.named(e, directory, "creating the output directory")
+        return created
+
+    def sync_staged(self, path: str, created: List[str]) -> None:
+        """Make a staged file that a library wrote at ``path`` durable (see slice_output_path)."""
+        if self.local and durable.fsync_file(path):
+            durable.fsync_dir(posixpath.dirname(path))
+            durable.sync_created(created)
 
     def publish(self, slice_id: str, staged: StagedRef) -> None:
-        src, dst = self._path(staged["staged"]), self._path(staged["final"])
+        src, dst, _ = self._ref(staged, slice_id)
         if not self.fs.exists(src):
             return  # already published (this is a repeat after a crash) or never written
         parent = posixpath.dirname(dst)
-        if parent:
-            self.fs.makedirs(parent, exist_ok=True)
-        if self.local:
-            os.replace(src, dst)
-        else:
-            self.fs.mv(src, dst)
+        try:
+            if self.local:
+                created = durable.missing_dirs(parent, self.root)
+                os.makedirs(parent, exist_ok=True)
+                os.replace(src, dst)
+                # Durable before the staging directory is pruned: once it is gone, a rename undone
+                # by a power cut could not be redone.
+                durable.fsync_dir(parent)
+                durable.sync_created(created)
+            else:
+                self.fs.makedirs(parent, exist_ok=True)
+                self.fs.mv(src, dst)
+        except OSError as e:
+            raise durable.named(e, dst, f"publishing {src}")
         self._prune(posixpath.dirname(src))
 
     def _prune(self, directory: str) -> None:
@@ -204,8 +281,7 @@ class FileSink(OutputSink):
             directory = posixpath.dirname(directory)
 
     def discard(self, staged: StagedRef) -> None:
-        path = self._path(staged["staged"])
-        attempt_dir = posixpath.dirname(path)
+        _, _, attempt_dir = self._ref(staged, None)
         try:
             if self.local:
                 shutil.rmtree(attempt_dir, ignore_errors=True)
@@ -217,7 +293,7 @@ class FileSink(OutputSink):
 
     def finalize(self, committed: Iterable[Tuple[str, StagedRef]]) -> None:
         """Everything still staged after all committed files are published belongs to losers."""
-        staging = self._path(STAGING_DIR)
+        staging = self.root + "/" + STAGING_DIR
         try:
             if self.local:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -228,54 +304,101 @@ class FileSink(OutputSink):
 
 
 class StagedFile:
-    """A file being written for one attempt; durable (flushed and fsync'ed) once closed."""
+    """A file being written for one attempt; durable (fsync'ed, with its directories) once closed.
 
-    def __init__(self, sink: FileSink, path: str, mode: str, kwargs: Dict[str, Any]):
+    Errors name the file: a full disk says which output, not just "No space left on device".
+    """
+
+    def __init__(self, sink: FileSink, path: str, mode: str, kwargs: Dict[str, Any], final: str = "",
+                 created: Optional[List[str]] = None):
         if not any(c in mode for c in "wax"):
             raise ConfigError(f"output files are opened for writing; mode {mode!r} is not a write mode")
         self.sink = sink
         self.path = path
+        self.final = final or posixpath.basename(path)
         self.closed = False
+        self._created = list(created or [])
         if sink.local:
             self._tmp = f"{path}.{uuid.uuid4().hex[:6]}.part"
             try:
-                self._f = open(self._tmp, mode, **kwargs)
-            except FileNotFoundError:  # another attempt pruned the empty staging dir meanwhile
-                sink.makedirs(os.path.dirname(path))
-                self._f = open(self._tmp, mode, **kwargs)
+                try:
+                    self._f = open(self._tmp, mode, **kwargs)
+                except FileNotFoundError:  # another attempt pruned the empty staging dir meanwhile
+                    self._created += sink.makedirs(os.path.dirname(path))
+                    self._f = open(self._tmp, mode, **kwargs)
+            except OSError as e:
+                raise self._named(e, "opening") from e
         else:
             self._tmp = None
             self._f = sink.fs.open(path, mode, **kwargs)
+
+    def _named(self, error: OSError, doing: str) -> OSError:
+        return durable.named(error, self._tmp or self.path, f"{doing} output {self.final}")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._f, name)
 
     def write(self, data) -> int:
-        return self._f.write(data)
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            raise self._named(e, "writing") from e
+
+    def writelines(self, lines) -> None:
+        try:
+            self._f.writelines(lines)
+        except OSError as e:
+            raise self._named(e, "writing") from e
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except OSError as e:
+            raise self._named(e, "writing") from e
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        if self._tmp is not None:
-            self._f.flush()
-            os.fsync(self._f.fileno())
+        if self._tmp is None:
+            self._f.close()
+            return
+        try:
+            try:
+                self._f.flush()
+                os.fsync(self._f.fileno())
+            except OSError:
+                self._close_quietly()
+                raise
             self._f.close()
             try:
                 os.replace(self._tmp, self.path)
             except FileNotFoundError:
-                self.sink.makedirs(os.path.dirname(self.path))
+                self._created += self.sink.makedirs(os.path.dirname(self.path))
                 os.replace(self._tmp, self.path)
-        else:
+            durable.fsync_dir(os.path.dirname(self.path))
+            durable.sync_created(self._created)
+        except OSError as e:
+            self._remove_tmp()
+            raise self._named(e, "closing") from e
+
+    def _close_quietly(self) -> None:
+        try:
             self._f.close()
+        except OSError:
+            pass  # the error being handled (a full disk, say) is the one to report
 
     def abort(self) -> None:
         self.closed = True
-        try:
-            self._f.close()
-        finally:
-            if self._tmp is not None and os.path.exists(self._tmp):
+        self._close_quietly()
+        self._remove_tmp()
+
+    def _remove_tmp(self) -> None:
+        if self._tmp is not None:
+            try:
                 os.unlink(self._tmp)
+            except OSError:
+                pass
 
     def __enter__(self) -> StagedFile:
         return self
