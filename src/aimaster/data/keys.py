@@ -20,6 +20,9 @@ Everything lives under ``/aimaster/v1/jobs/<job-id>/``::
     ds/<ds>/done/<slice>        the one commit of a slice: attempt, worker, staged outputs, whether
                                 a speculative copy won ("spec")
     ds/<ds>/failed/<slice>      a slice given up on, with its error
+    ds/<ds>/inputcheck          file datasets: this run's verdict on whether the input is still the
+                                planned one ({run, plan, ok | error}; see aimaster.io.input_check)
+    ds/<ds>/inputchecker        the one process of a run listing the input again (bound to its lease)
     ds/<ds>/sink                the dataset's output sink (its description), agreed by the first
                                 writer; commit records naming any other location are refused
     ds/<ds>/finalized           outputs of the whole dataset published (and sessions committed)
