@@ -1,4 +1,5 @@
-"""Table jobs end to end: `aimaster run` over Parquet and local-warehouse tables, exactly once."""
+"""Table jobs end to end: `aimaster run` over Parquet, local-warehouse and MaxCompute tables (pyodps
+over HTTP to the stand-in of tests/tables/maxcompute_fake.py), exactly once."""
 
 from __future__ import annotations
 
@@ -18,9 +19,26 @@ from aimaster.io.tables import create_warehouse_table, open_table_source
 ROWS = 100_000
 
 
+def _maxcompute(tmp_path, ids):
+    """The MaxCompute stand-in over HTTP with the input and output tables, and the workers' env."""
+    pytest.importorskip("odps")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "tables"))
+    from maxcompute_fake import FakeMaxCompute, write_config
+
+    fake = FakeMaxCompute()
+    fake.create_table("prj", "input", [("id", "BIGINT"), ("x", "DOUBLE"), ("note", "STRING")])
+    fake.add_rows("prj", "input", [(i, i * 0.5, f"n{i}") for i in ids])
+    fake.create_table("prj", "output", [("id", "BIGINT"), ("y", "DOUBLE")])
+    config = write_config(str(tmp_path / "odps.ini"), fake.serve_http())
+    return fake, {"ODPS_CONFIG_FILE_PATH": config}
+
+
 def _make_tables(tmp_path, backend):
     """(input url, output url, env) with ROWS rows of (id BIGINT, x DOUBLE, note STRING)."""
     ids = list(range(ROWS))
+    if backend == "odps":
+        fake, env = _maxcompute(tmp_path, ids)
+        return "odps://prj/tables/input", "odps://prj/tables/output", dict(env, fake=fake)
     if backend == "parquet":
         src = tmp_path / "input"
         src.mkdir()
@@ -41,6 +59,8 @@ def _make_tables(tmp_path, backend):
 
 
 def _read_output(url, env):
+    if "fake" in env:
+        return env["fake"].rows("prj", "output")
     old = os.environ.get("AIMASTER_ODPS_WAREHOUSE")
     if "AIMASTER_ODPS_WAREHOUSE" in env:
         os.environ["AIMASTER_ODPS_WAREHOUSE"] = env["AIMASTER_ODPS_WAREHOUSE"]
@@ -61,10 +81,11 @@ def _assert_exactly_once(rows):
     assert all(r[1] == r[0] * 1.0 for r in rows)
 
 
-@pytest.mark.parametrize("backend", ["parquet", "warehouse"])
+@pytest.mark.parametrize("backend", ["parquet", "warehouse", "odps"])
 @pytest.mark.parametrize("mode", ["plain", "kill", "buffered"])
 def test_table_job_three_workers_exactly_once(tmp_path, backend, mode):
     inp, out, env = _make_tables(tmp_path, backend)
+    fake = env.pop("fake", None)
     env = dict(env)
     if mode == "buffered":
         env["BUFFER_SIZE"] = "2048"
@@ -94,7 +115,9 @@ def test_table_job_three_workers_exactly_once(tmp_path, backend, mode):
     assert proc.returncode == 0, stderr
     if mode == "kill":
         assert "killed by SIGKILL" in stderr
-    _assert_exactly_once(_read_output(out, env))
+    _assert_exactly_once(_read_output(out, dict(env, fake=fake) if fake else env))
+    if fake is not None:
+        fake.stop_http()
     if backend == "parquet":
         parts = sorted(p for p in os.listdir(out) if not p.startswith("_"))
         assert parts == [f"part-{i:06d}.parquet" for i in range(20)], parts

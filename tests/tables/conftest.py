@@ -51,3 +51,30 @@ def backend(request, tmp_path) -> Backend:
         request.getfixturevalue("warehouse")
         return WarehouseBackend()
     return MaxComputeBackend(request.getfixturevalue("fake_mc"))
+
+
+@pytest.fixture
+def mc_http(tmp_path):
+    """The fake MaxCompute served over real HTTP (for jobs: workers and writer children are other
+    processes); yields ``(fake, path of an ODPS_CONFIG_FILE_PATH file pointing at it)``."""
+    pytest.importorskip("odps")
+    from maxcompute_fake import FakeMaxCompute, write_config
+
+    fake = FakeMaxCompute()
+    endpoints = fake.serve_http()
+    yield fake, write_config(str(tmp_path / "odps_http.ini"), endpoints)
+    fake.stop_http()
+
+
+@pytest.fixture
+def job_tables(request, tmp_path):
+    """``make(backend, rows)`` -> :class:`tables_helpers.JobTables` (MaxCompute over HTTP)."""
+    from tables_helpers import JobTables
+
+    def make(backend: str, rows: int) -> JobTables:
+        if backend == "odps":
+            fake, config = request.getfixturevalue("mc_http")
+            return JobTables(backend, tmp_path, rows, fake, config)
+        return JobTables(backend, tmp_path, rows)
+
+    return make

@@ -37,8 +37,16 @@ class Backend:
     def output_rows(self, url: str) -> List[tuple]:
         raise NotImplementedError
 
+    def staged_count(self, url: str, ref: dict) -> int:
+        """Rows a stage still holds in the staging area (0 once it is gone or emptied)."""
+        raise NotImplementedError
+
     def missing_url(self) -> str:
         raise NotImplementedError
+
+
+def _staged_file(directory: str, ref: dict) -> str:
+    return os.path.join(directory, ref["staged"]) if ref.get("staged") else ""
 
 
 class ParquetBackend(Backend):
@@ -73,6 +81,10 @@ class ParquetBackend(Backend):
             rows.extend(zip(*[c.to_pylist() for c in t.columns]))
         return rows
 
+    def staged_count(self, url, ref):
+        path = _staged_file(url, ref)
+        return pq.ParquetFile(path).metadata.num_rows if os.path.isfile(path) else 0
+
     def missing_url(self):
         return str(self.root / "nope")
 
@@ -89,6 +101,10 @@ class WarehouseBackend(Backend):
     def output_rows(self, url):
         src = WarehouseSource(url)
         return [r for batch in src.read() for r in batch]
+
+    def staged_count(self, url, ref):
+        path = _staged_file(WarehouseSource(url).table.data_dir, ref)
+        return len(open(path).read().splitlines()) if os.path.isfile(path) else 0
 
     def missing_url(self):
         return "odps://prj/tables/nope"
@@ -114,5 +130,72 @@ class MaxComputeBackend(Backend):
     def output_rows(self, url):
         return self.server.rows("prj", url.rsplit("/", 1)[1])
 
+    def staged_count(self, url, ref):
+        return len(self.server.uploads[ref["session"]]["blocks"].get(ref["block"], []))
+
     def missing_url(self):
         return "odps://prj/tables/nope"
+
+
+# --- table jobs: `aimaster run` over every backend ---------------------------------------------------
+
+JOB_COLUMNS_IN = "id:BIGINT,x:DOUBLE,note:STRING"
+JOB_COLUMNS_OUT = "id:BIGINT,y:DOUBLE"
+
+
+class JobTables:
+    """An input table of ``rows`` rows ``(i, i * 0.5, "n<i>")`` and an empty output ``(id, y)`` on one
+    backend, the environment a job's workers need for it, and a look at the output afterwards."""
+
+    def __init__(self, backend: str, tmp_path, rows: int, fake=None, config: str = ""):
+        self.backend, self.rows, self.fake = backend, rows, fake
+        self.env: dict = {}
+        data = [(i, i * 0.5, f"n{i}") for i in range(rows)]
+        if backend == "parquet":
+            import pyarrow as pa
+
+            src = tmp_path / "input"
+            src.mkdir()
+            pq.write_table(pa.table({"id": pa.array([r[0] for r in data], pa.int64()),
+                                     "x": pa.array([r[1] for r in data], pa.float64()),
+                                     "note": pa.array([r[2] for r in data])}), src / "part-0.parquet",
+                           row_group_size=997)
+            self.input, self.output = str(src), str(tmp_path / "output")
+        elif backend == "warehouse":
+            warehouse = tmp_path / "warehouse"
+            self.env["AIMASTER_ODPS_WAREHOUSE"] = str(warehouse)
+            self.input = create_warehouse_table("odps://prj/tables/input", JOB_COLUMNS_IN, data,
+                                                warehouse=str(warehouse))
+            self.output = create_warehouse_table("odps://prj/tables/output", JOB_COLUMNS_OUT,
+                                                 warehouse=str(warehouse))
+            self.output_dir = str(warehouse / "prj" / "__tables__" / "output")
+        else:
+            fake.create_table("prj", "input", [(c.name, c.type) for c in parse_columns(JOB_COLUMNS_IN)])
+            fake.add_rows("prj", "input", data)
+            fake.create_table("prj", "output", [(c.name, c.type) for c in parse_columns(JOB_COLUMNS_OUT)])
+            self.input, self.output = "odps://prj/tables/input", "odps://prj/tables/output"
+            self.env["ODPS_CONFIG_FILE_PATH"] = config
+
+    def output_rows(self) -> List[tuple]:
+        if self.backend == "odps":
+            return self.fake.rows("prj", "output")
+        if self.backend == "parquet":
+            return ParquetBackend(None).output_rows(self.output)
+        return [r for batch in WarehouseSource(self.output, self.env["AIMASTER_ODPS_WAREHOUSE"]).read()
+                for r in batch]
+
+    def assert_exactly_once(self) -> None:
+        rows = self.output_rows()
+        ids = sorted(r[0] for r in rows)
+        assert len(ids) == self.rows, f"{len(ids)} output rows for {self.rows} input rows"
+        assert ids == list(range(self.rows)), "missing or duplicated row keys"
+        assert all(r[1] == r[0] * 1.0 for r in rows)
+
+    def staging_left(self) -> List[str]:
+        """What is left in the output's staging area (local backends)."""
+        directory = {"parquet": (self.output, "_staging"),
+                     "warehouse": (getattr(self, "output_dir", ""), ".aimaster-staging")}.get(self.backend)
+        if directory is None:
+            return []
+        path = os.path.join(*directory)
+        return sorted(os.listdir(path)) if os.path.isdir(path) else []

@@ -117,7 +117,7 @@ def test_exactly_once_output(backend):
     # slice 2: an attempt stages output and crashes before anyone discards it; attempt 1 commits
     crashed2 = sink.stage("s00002", "0", [(200, "crashed", 0.0)])
     winner2 = sink.stage("s00002", "1", [(4, None, 2.5), (5, "e", None)])
-    assert crashed2 is not None
+    assert backend.staged_count(url, crashed2) == 1  # staged durably: a commit could have named it
     committed = [("s00000", winner0), ("s00001", winner1), ("s00002", winner2)]
     # another process (the master) publishes from the refs alone, twice: publishing is idempotent
     other = sink_from_description(sink.describe())
@@ -128,6 +128,8 @@ def test_exactly_once_output(backend):
     sink.discard(loser1)
     other.finalize(committed)
     assert backend.output_rows(url) == [(1, "a", 0.5), (2, "b", None), (3, "c", 1.5), (4, None, 2.5), (5, "e", None)]
+    assert backend.staged_count(url, crashed2) == 0  # the crashed attempt's stage is gone (or emptied)
+    assert backend.staged_count(url, loser1) == 0
 
 
 def test_refs_are_json(backend):

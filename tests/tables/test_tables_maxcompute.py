@@ -10,7 +10,7 @@ import pytest
 from tables_helpers import read_all
 
 from aimaster.data.outputs import sink_from_description
-from aimaster.errors import CredentialsError, InputNotFoundError, TableIOError, UrlError
+from aimaster.errors import ConfigError, CredentialsError, InputNotFoundError, TableIOError, UrlError
 from aimaster.io.tables import open_table_sink, open_table_source, source_from_description
 from aimaster.io.tables.odps import MAX_BLOCKS, MaxComputeSink, clear_caches, load_credentials
 
@@ -100,8 +100,9 @@ def test_block_ids_derive_from_slice_and_attempt(fake_mc):
     assert sink.block_of("s00000", "7") == (session, 7)
     assert sink.block_of("s00001", "0") == (session, 8)
     assert sink.block_of("slice-2499", 3) == (session, 2499 * 8 + 3)
-    with pytest.raises(TableIOError, match="attempts_per_slice"):
+    with pytest.raises(ConfigError, match="attempts_per_slice=8 .*--max-slice-attempts"):
         sink.block_of("s00001", "8")
+    assert sink.block_of("s00001", "7.w0.1a2b3c4d") == (session, 15)  # the SDK's "<ordinal>.<attempt id>"
     with pytest.raises(TableIOError, match="slice_count"):
         sink.block_of("s02500", "0")
     with pytest.raises(TableIOError, match="ordinal"):
@@ -181,7 +182,7 @@ def test_finalize_refuses_when_a_committed_block_is_missing(fake_mc):
     fake_mc.create_table("prj", "o", [("v", "bigint")])
     sink = open_table_sink("odps://prj/tables/o")
     ref = {"session": sink.session_ids[0], "block": 40, "rows": 1}
-    with pytest.raises(TableIOError, match="lacks committed blocks"):
+    with pytest.raises(TableIOError, match="lack committed blocks of 1 slice.*s00005"):
         sink.finalize([("s00005", ref)])
     assert fake_mc.commits == []
 

@@ -14,15 +14,22 @@ uncommitted, to be redone.
 
 The output table is an :class:`~aimaster.io.tables.TableSink` shared by every worker of the job:
 its description (for MaxCompute: the upload session ids) is agreed on through etcd once.
+
+Every attempt at a slice -- each retry and each speculative copy -- stages under a name of its own
+(:func:`attempt_ordinal`), so a losing attempt only ever discards its own output. An attempt whose
+stage turns out to be lost (the job finalized under a late copy, a MaxCompute upload session
+committed or too old) is given up quietly, like a lost commit. For MaxCompute the client also keeps
+the job's upload sessions younger than their lifetime (:mod:`aimaster.io.tables.odps_generations`).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from aimaster.data.coordinator import Claim, Dataset, PlanData
 from aimaster.data.runtime import current_session
-from aimaster.data.store import dumps
+from aimaster.data.store import dumps, loads
 from aimaster.errors import ConfigError
 from aimaster.io import files
 from aimaster.io.tables import (
@@ -32,6 +39,7 @@ from aimaster.io.tables import (
     open_table_source,
     parse_table_url,
 )
+from aimaster.io.tables.base import StageLost
 from aimaster.io.tables.slice_writer import as_sink
 
 
@@ -54,9 +62,68 @@ class MaxComputeTableConfig:
                 f"output_table={self.output_table!r})")
 
 
+class NoCopySlot(Exception):
+    """A speculative copy found no free block ordinal of its attempt (more copies than the job's
+    MaxCompute output was opened for): the copy is given up."""
+
+
 def attempt_ordinal(claim: Claim) -> str:
-    """A small decimal number unique among a slice's attempts (MaxCompute block ids derive from it)."""
-    return str(2 * (claim.attempt_no - 1) + (1 if getattr(claim, "backup", False) else 0))
+    """The name a claim's attempt stages under: ``"<ordinal>.<attempt id>"``, unique per attempt.
+
+    The ordinal is a small number no other attempt of the slice has -- MaxCompute derives the
+    attempt's upload block from it, so two attempts sharing one would overwrite, and a loser empty,
+    each other's block: ``(attempt_no - 1) * slots + k``, with ``k = 0`` for the primary attempt and,
+    for a speculative copy, ``k`` in ``1 .. slots - 1`` taken in etcd (copies of one attempt share
+    ``attempt_no``). ``slots`` (``1 + copies_per_attempt``) comes from the job's agreed MaxCompute
+    sink description, so every worker computes the same layout. The attempt id (unique to the
+    claim) follows, so file staging names never collide either. Memoized on the claim.
+    """
+    name = getattr(claim, "_stage_name", None)
+    if name is None:
+        slots, odps = _stage_layout(claim.dataset)
+        k = (_copy_slot(claim, slots) if odps else 1) if claim.backup else 0
+        ordinal = (claim.attempt_no - 1) * slots + k
+        safe = re.sub(r"\.\.+", ".", re.sub(r"[^A-Za-z0-9._-]", "-", claim.attempt)).strip(".")
+        name = f"{ordinal}.{safe}"
+        claim._stage_name = name
+    return name
+
+
+def _stage_layout(dataset: Dataset) -> Tuple[int, bool]:
+    """(ordinals per attempt, whether the output is MaxCompute), from the agreed sink description."""
+    layout = getattr(dataset, "_stage_layout", None)
+    if layout is None:
+        description = dataset.store.get_value(dataset.k.base + "sink") or {}
+        odps = description.get("kind") == "odps"
+        copies = description.get("copies_per_attempt", 1) if odps else 1
+        layout = (1 + (copies if isinstance(copies, int) and copies >= 0 else 1), odps)
+        if description:
+            dataset._stage_layout = layout
+    return layout
+
+
+def _copy_slot(claim: Claim, slots: int) -> int:
+    """Take one of the copy ordinals ``1 .. slots - 1`` of the claim's attempt (etcd, first come).
+
+    A slot is taken for good (a copy that died keeps it): a late copy must never get the ordinal of
+    one that committed, or its discard would empty the winner's block.
+    """
+    ds = claim.dataset
+    st, tx = ds.store, ds.store.tx
+    done = st.key(ds.k.done + claim.slice_id)
+    for k in range(1, slots):
+        key = st.key(f"{ds.k.base}slots/{claim.slice_id}/{claim.attempt_no}.{k}")
+        ok, responses = st.txn(f"take copy slot {k} of slice {claim.slice_id}",
+                               [tx.version(key) == 0, tx.version(done) == 0],
+                               [tx.put(key, dumps({"at": claim.attempt}))], [tx.get(key)])
+        if ok:
+            return k
+        existing = responses[0] if responses else []
+        if existing and loads(existing[0][0], key).get("at") == claim.attempt:
+            return k  # a retried transaction whose first try did take it
+        if st.get_value(ds.k.done + claim.slice_id) is not None:
+            break  # committed meanwhile: the copy is pointless
+    raise NoCopySlot(f"no block ordinal left for a copy of slice {claim.slice_id} attempt {claim.attempt_no}")
 
 
 class MaxComputeTableClient:
@@ -72,6 +139,7 @@ class MaxComputeTableClient:
         self._dataset = Dataset(self._session, "t-" + key)
         self._dataset.ensure_plan(self._plan, config.slice_size)
         self._sink = None
+        self._generations = None  # MaxCompute output: the job's upload session generations
         self._held: Dict[str, Claim] = {}
         self._current: Optional[str] = None
         self._writers: list = []
@@ -106,8 +174,11 @@ class MaxComputeTableClient:
         self.commit_staged(claim_next=True)
         if self._current is not None and self._current in self._held:
             self._finish_and_commit(self._current)
-        # While no slice is free, waiting for our own slices in flight is what lets the job end.
-        claim = self._dataset.next_claim(on_wait=lambda: self.commit_staged(block=True))
+        while True:
+            # While no slice is free, waiting for our own slices in flight is what lets the job end.
+            claim = self._dataset.next_claim(on_wait=lambda: self.commit_staged(block=True))
+            if self._stage_name(claim) is not None:
+                break
         lo, hi = self._dataset.item_range(claim.index)
         claim.items = hi - lo
         self._held[claim.slice_id] = claim
@@ -118,6 +189,42 @@ class MaxComputeTableClient:
 
     def get_slice_id(self) -> Optional[str]:
         return self._current
+
+    def _stage_name(self, claim: Claim) -> Optional[str]:
+        """The claim's staging name, or None (and the copy given up) when a copy finds no ordinal."""
+        if self._sink is None:
+            return ""  # no output: nothing is staged
+        try:
+            return attempt_ordinal(claim)
+        except NoCopySlot:
+            self._lose(claim)
+            return None
+
+    def stage_options(self) -> Dict[str, Any]:
+        """What the sink's ``open_stage`` needs besides the name: MaxCompute's upload generation."""
+        if self._generations is None:
+            return {}
+        return {"generation": self._generations.current()}
+
+    def _committable(self, claim: Claim) -> bool:
+        """Whether the claim's staged refs may still be committed (MaxCompute: their upload
+        generation is not too old, see odps_generations)."""
+        gens = self._generations
+        return gens is None or all(gens.committable(ref) for sink, ref in claim.outputs if sink is self._sink)
+
+    def _lose(self, claim: Claim) -> bool:
+        """Give an attempt up quietly, as if its commit had lost: its own staged output is
+        discarded and the slice, unless committed by another attempt, goes back to be redone."""
+        ds = self._dataset
+        ds.release(claim)
+        if ds.store.get_value(ds.k.done + claim.slice_id) is not None:
+            session = ds.session  # another attempt committed it: count a lost commit, as commit would
+            if claim.backup:
+                session.copies_lost += 1
+            else:
+                session.primaries_lost += 1
+            session.publish_stats()
+        return False
 
     def commit_slice(self, slice_id: Optional[str] = None) -> bool:
         """Commit a slice (default: the current one) with the rows written for it; True if ours won.
@@ -131,8 +238,13 @@ class MaxComputeTableClient:
         claim = self._held.pop(sid, None) if sid is not None else None
         if claim is None:
             raise ConfigError(f"slice {sid!r} is not held by this worker (already committed, or never claimed)")
-        for w in self._writers:
-            w._finish(claim)
+        try:
+            for w in self._writers:
+                w._finish(claim)
+        except StageLost:
+            return self._lose(claim)
+        if not self._committable(claim):
+            return self._lose(claim)
         return self._dataset.commit(claim, claim_next=claim_next)
 
     def _finish_and_commit(self, sid: str) -> None:
@@ -149,6 +261,9 @@ class MaxComputeTableClient:
                     w._finish(claim)
             for w in background:
                 w._finish_async(claim)
+        except StageLost:
+            self._lose(claim)
+            return
         except BaseException as e:
             self._give_back(claim, e)
             raise
@@ -176,6 +291,9 @@ class MaxComputeTableClient:
                 if ok:
                     claim.add_output(w._sink, value)
                     waiting.discard(id(w))
+                elif isinstance(value, StageLost):  # the attempt lost: not an error of anyone's
+                    self._committing = [e for e in self._committing if e[0] is not claim]
+                    self._lose(claim)
                 elif failure is None:
                     failure = value
                     self._committing = [e for e in self._committing if e[0] is not claim]
@@ -183,7 +301,10 @@ class MaxComputeTableClient:
         ready = [claim for claim, waiting in self._committing if not waiting]
         self._committing = [e for e in self._committing if e[1]]
         for claim in ready:
-            self._dataset.commit(claim, claim_next=claim_next)
+            if self._committable(claim):
+                self._dataset.commit(claim, claim_next=claim_next)
+            else:
+                self._lose(claim)
         if failure is not None:
             raise failure
         return len(ready)
@@ -214,20 +335,29 @@ class MaxComputeTableClient:
                 sink = open_table_sink(self.config.output_table, **self._sink_options())
                 ok, resp = st.txn("share output sink", [tx.version(st.key(key)) == 0],
                                   [tx.put(st.key(key), dumps(sink.describe()))], [tx.get(st.key(key))])
-                if ok:
-                    self._sink = sink
-                    return sink
-                existing = st.get_value(key)
-            self._sink = as_sink(existing)
+                if not ok:
+                    existing = st.get_value(key)
+            self._sink = sink if existing is None else as_sink(existing)
+            if getattr(self._sink, "kind", None) == "odps":
+                from aimaster.io.tables.odps_generations import UploadGenerations
+
+                self._generations = UploadGenerations(self._dataset, self._sink)
+                # Stages opened without a generation (the torch/TF bindings) go to the current one.
+                self._sink.generation_source = self._generations.current
+                # A resumed job: seal what is due, redo what expired while the job was down.
+                self._generations.maintain(force=True)
         return self._sink
 
     def _sink_options(self) -> Dict[str, Any]:
         from aimaster.io.tables.urls import backend_name
 
         if backend_name(parse_table_url(self.config.output_table)[0]) == "odps":
-            # Block ids come from (slice, attempt ordinal): room for every attempt and its backup.
-            return {"slice_count": self._dataset.num_slices,
-                    "attempts_per_slice": 2 * max(1, self._dataset.max_attempts)}
+            # Block ids come from (slice, attempt ordinal): room for every attempt, each with its
+            # speculative copies (attempt_ordinal), plus one attempt for a slice redone after its
+            # rows were lost to an expired upload session.
+            copies = max(1, self._dataset.max_copies)
+            return {"slice_count": self._dataset.num_slices, "copies_per_attempt": copies,
+                    "attempts_per_slice": (1 + copies) * (max(1, self._dataset.max_attempts) + 1)}
         return {}
 
     def create_table_writer(self, buffer_size=0, filter_value=None) -> TableWriter:
@@ -286,7 +416,7 @@ class TableWriter:
     def _begin(self, claim: Claim) -> None:
         if self._slice is not None:
             self._inner.abort_slice()
-        self._inner.begin_slice(claim.slice_id, attempt_ordinal(claim))
+        self._inner.begin_slice(claim.slice_id, attempt_ordinal(claim), self._client.stage_options())
         self._slice = claim.slice_id
 
     @property

@@ -10,7 +10,9 @@ Reading: ``open_table_source(url).read(start, end, columns)`` yields lists of ro
 Writing: ``open_table_sink(url)`` is an :class:`~aimaster.data.outputs.OutputSink` whose
 ``stage(slice_id, attempt, rows, col_indices)`` returns the JSON ref that the slice's commit records;
 :class:`SliceRowWriter` (in process) and :class:`SubprocessSliceRowWriter` (in a child process) drive
-it for the SDK's table writer. No coordination happens here: the caller decides who commits.
+it for the SDK's table writer. No coordination happens here: the caller decides who commits. The
+one exception is :mod:`aimaster.io.tables.odps_generations`, which the SDK's table client hands the
+job's dataset so that MaxCompute upload sessions are rotated and committed before they expire.
 """
 
 from aimaster.data.outputs import register_sink_loader

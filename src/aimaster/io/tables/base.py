@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 import pyarrow as pa
 
 from aimaster.data.outputs import OutputSink, StagedRef
-from aimaster.errors import SchemaError
+from aimaster.errors import SchemaError, TableIOError
 from aimaster.io.tables.rows import batch_to_rows, normalize_rows, rows_to_table
 from aimaster.io.tables.types import Column
 
@@ -120,6 +120,18 @@ def check_id(value: Any, what: str) -> str:
     return text
 
 
+class StageLost(TableIOError):
+    """A stage that can never be committed, found out while staging: the attempt has lost.
+
+    Raised by :meth:`StageWriter.commit` when what the stage needs is gone for a reason that only
+    an attempt that already lost can meet -- the job's finalize cleaned the staging area up (every
+    slice was committed, so this one was too, by another attempt), or the MaxCompute upload session
+    was committed or expired under it. The SDK's table client then gives the attempt up quietly, as
+    a lost commit (``commit_slice`` returns False); it is not the user's error and not a crash.
+    Anyone else sees a TableIOError, so nothing is ever committed from a lost stage.
+    """
+
+
 class StageWriter(abc.ABC):
     """One slice attempt's output being written: rows go in with :meth:`write` (checked against the
     schema first), :meth:`commit` makes them durable in the staging area and returns the ref."""
@@ -181,16 +193,22 @@ class TableSink(OutputSink):
         return schema
 
     @abc.abstractmethod
-    def open_stage(self, slice_id: str, attempt: str) -> StageWriter:
-        """Start staging one slice attempt's output incrementally."""
+    def open_stage(self, slice_id: str, attempt: str, **options: Any) -> StageWriter:
+        """Start staging one slice attempt's output incrementally.
+
+        ``attempt`` names the attempt and must differ between any two attempts (speculative copies
+        included) of a slice: it is the attempt's staging name, so a loser only ever touches its
+        own. ``options`` are backend-specific (MaxCompute: the upload ``generation`` to stage into);
+        backends ignore the ones they do not use.
+        """
 
     def stage(self, slice_id: str, attempt: str, rows: Sequence[Sequence[Any]],
-              col_indices: Optional[Sequence[int]] = None) -> StagedRef:
+              col_indices: Optional[Sequence[int]] = None, **options: Any) -> StagedRef:
         """Stage all of a slice attempt's rows at once; durable when it returns.
 
         Staging the same (slice, attempt) again replaces the earlier staged output.
         """
-        writer = self.open_stage(slice_id, attempt)
+        writer = self.open_stage(slice_id, attempt, **options)
         try:
             writer.write(rows, col_indices)
             return writer.commit()

@@ -10,17 +10,27 @@ Readers ignore the staging directory (a ``_`` or ``.`` prefix, the convention of
 and of MaxCompute's local runner), so a half-written or losing attempt is never visible. Publishing
 is one ``rename`` -- atomic on a POSIX filesystem, and idempotent: if the staged file is already
 gone and the final file is there with the staged size, an earlier publish already did it.
+
+The job's finalize removes the staging area once every slice is committed, possibly while a
+speculative copy (or an attempt whose claim was lost) of an already committed slice is still
+writing there. Such an attempt has lost; staging must not turn that into an error. So the
+temporary file is (re)created with its directory, retried if the directory vanishes in between,
+and a temporary file that is gone when the stage is committed raises :class:`StageLost` (the SDK
+gives the attempt up quietly, like a lost commit) instead of a plain I/O error.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
-from typing import Iterable, Optional, Set, Tuple
+from typing import BinaryIO, Iterable, Optional, Set, Tuple
 
 from aimaster.data.outputs import StagedRef
 from aimaster.errors import TableIOError
-from aimaster.io.tables.base import TableSink
+from aimaster.io.tables.base import StageLost, TableSink
+
+_CREATE_TRIES = 5
 
 
 def fsync_dir(path: str) -> None:
@@ -59,14 +69,32 @@ class LocalStaging:
 
     def temp_path(self, slice_id: str, attempt: str) -> str:
         """A fresh temporary path; unique per writer so two processes never share one."""
-        try:
-            os.makedirs(self.staging, exist_ok=True)
-        except OSError as e:
-            raise TableIOError(f"cannot create staging directory {self.staging}: {e.strerror}")
         return os.path.join(self.staging, f"{slice_id}~{attempt}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
+    def open_temp(self, temp_path: str) -> BinaryIO:
+        """Create ``temp_path`` (exclusively) and its staging directory, and open it for writing.
+
+        The directory may be removed between creating it and creating the file (the job's finalize
+        cleaning up while a losing copy starts a stage): then both are created again.
+        """
+        for attempt in range(_CREATE_TRIES):
+            try:
+                os.makedirs(self.staging, exist_ok=True)
+                fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                return os.fdopen(fd, "wb")
+            except FileNotFoundError:
+                if attempt == _CREATE_TRIES - 1:
+                    raise TableIOError(f"cannot create {temp_path}: its directory keeps vanishing")
+            except OSError as e:
+                raise TableIOError(f"cannot create {temp_path}: {e.strerror or e}")
+        raise AssertionError("unreachable")
+
     def commit(self, temp_path: str, slice_id: str, attempt: str, rows: int) -> StagedRef:
-        """Turn a closed temporary file into the staged file of (slice, attempt), durably."""
+        """Turn a closed temporary file into the staged file of (slice, attempt), durably.
+
+        A temporary file that is gone was removed by the job's finalize (or the staging area was
+        removed under us): :class:`StageLost`, for the caller to give the attempt up quietly.
+        """
         staged_rel = f"{self.staging_dirname}/{slice_id}~{attempt}{self.suffix}"
         staged = os.path.join(self.directory, staged_rel)
         try:
@@ -75,6 +103,10 @@ class LocalStaging:
             os.replace(temp_path, staged)
             fsync_dir(self.staging)
         except OSError as e:
+            if e.errno == errno.ENOENT:
+                raise StageLost(f"slice {slice_id} attempt {attempt} cannot be staged: its temporary file "
+                                f"{temp_path} was removed (the job finalized {self.directory} after another "
+                                "attempt committed the slice)") from None
             raise TableIOError(f"cannot stage {staged}: {e.strerror or e}")
         return {"staged": staged_rel, "rows": rows, "bytes": size}
 
@@ -113,6 +145,8 @@ class LocalStaging:
         return final
 
     def discard(self, ref: StagedRef) -> None:
+        """Remove a losing attempt's staged file, and the staging directory if that left it empty
+        (a loser after the job's finalize would otherwise leave an empty one behind)."""
         staged = self._staged_path(ref)
         if staged is None:
             return
@@ -122,6 +156,10 @@ class LocalStaging:
             pass
         except OSError as e:
             raise TableIOError(f"cannot discard staged file {staged}: {e.strerror}")
+        try:
+            os.rmdir(self.staging)
+        except OSError:
+            pass  # not empty: other attempts are staging (open_temp recreates it when needed)
 
     @staticmethod
     def remove_temp(temp_path: str) -> None:

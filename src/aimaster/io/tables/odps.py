@@ -1,51 +1,27 @@
-"""MaxCompute tables through pyodps' table tunnel.
+"""MaxCompute tables through pyodps' table tunnel: credentials, errors, and reading.
 
 Reading: one download session per table (partition); its record count plans the slices, and each
 row range is one ``open_arrow_reader(start, count, columns=...)`` -- the tunnel sends only those
 rows and columns. A session id can be handed to other processes (``describe()``), which re-attach
-instead of creating sessions of their own.
+instead of creating sessions of their own. Sessions expire (``AIMASTER_ODPS_SESSION_LIFETIME``,
+24 h): a process reuses its session for half of that, re-attaching to an expired one creates a new
+one, and a read that finds its session expired continues on a new session of the same size.
 
-Writing is exactly-once on top of the tunnel's upload sessions, whose rules shape the design:
-
-* A session holds numbered blocks (ids 0..19999); uploading a block id again *replaces* it.
-* Committing a session commits **every block it holds** -- the commit request names no blocks
-  (pyodps' ``commit(blocks)`` only checks the list on the client side).
-* A session is committed once, by anyone who knows its id.
-
-So one session (or a few, see below) is created per output table and shared by all workers through
-``describe()``. A slice attempt's rows become one block whose id is derived from the slice number
-and the attempt number -- concurrent attempts of a slice never share a block, and a retry of the
-same attempt overwrites its own block::
-
-    n = slice_index * attempts_per_slice + attempt      (attempt < attempts_per_slice)
-    session = sessions[n // 20000], block = n % 20000
-
-``slice_index`` is the number at the end of the slice id and ``attempt`` must be a decimal integer
-(the attempt's ordinal within its slice). ``attempts_per_slice`` defaults to 8; pass
-``slice_count`` when creating the sink and it creates ``ceil(slice_count * 8 / 20000)`` sessions, so
-tables of any size fit; a block id out of range is a clear TableIOError, never a silent collision.
-
-Because the commit takes whatever blocks exist, a losing attempt's block is *emptied* (overwritten
-with zero rows) by ``discard``, and ``finalize`` empties every block that is not in the committed
-list (attempts that crashed before anyone could discard them) before committing. The committed
-table therefore holds exactly the committed attempts' rows, in slice order.
+Writing is exactly-once on top of the tunnel's upload sessions: see :mod:`aimaster.io.tables.odps_sink`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import re
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import pyarrow as pa
 
-from aimaster.data.outputs import StagedRef, register_sink
 from aimaster.errors import (
     AimasterError,
     ConfigError,
@@ -54,16 +30,13 @@ from aimaster.errors import (
     TableIOError,
     UrlError,
 )
-from aimaster.io.tables.base import StageWriter, TableSink, TableSource
+from aimaster.io.tables.base import TableSource
 from aimaster.io.tables.types import Column
 from aimaster.io.tables.urls import OdpsTableName, parse_odps_url
 
 logger = logging.getLogger(__name__)
 
 CONFIG_ENV = "ODPS_CONFIG_FILE_PATH"
-MAX_BLOCKS = 20000
-DEFAULT_ATTEMPTS_PER_SLICE = 8
-_UPLOAD_RETRIES = 3
 
 
 def _pyodps():
@@ -232,7 +205,24 @@ def _check_partition(name: OdpsTableName) -> None:
 # --- reading ---------------------------------------------------------------------------------------
 
 
-_SESSION_REUSE_S = 12 * 3600  # download sessions live 24 h on the server
+LIFETIME_ENV = "AIMASTER_ODPS_SESSION_LIFETIME"
+DEFAULT_LIFETIME_S = 24 * 3600.0
+
+
+def session_lifetime() -> float:
+    """Seconds a tunnel session lives on the server (24 h; tests shorten it to seconds)."""
+    raw = os.environ.get(LIFETIME_ENV)
+    if not raw:
+        return DEFAULT_LIFETIME_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{LIFETIME_ENV}={raw!r} is not a number of seconds")
+    if value <= 0:
+        raise ConfigError(f"{LIFETIME_ENV} must be positive, got {raw}")
+    return value
+
+
 _DOWNLOADS: Dict[Tuple[Credentials, str], Tuple[float, Any]] = {}
 _DOWNLOADS_LOCK = threading.Lock()
 
@@ -261,7 +251,7 @@ class MaxComputeSource(TableSource):
         key = (load_credentials(), self.url)
         with _DOWNLOADS_LOCK:
             cached = _DOWNLOADS.get(key)
-        if cached is not None and time.monotonic() - cached[0] < _SESSION_REUSE_S and (
+        if cached is not None and time.monotonic() - cached[0] < session_lifetime() / 2 and (
             download_id is None or cached[1].id == download_id
         ):
             session = cached[1]
@@ -281,8 +271,11 @@ class MaxComputeSource(TableSource):
                 with translated_errors(self.url, "re-attaching download session of"):
                     session = tunnel.create_download_session(self.name.table, partition_spec=spec,
                                                              download_id=download_id)
+                if session.status != type(session).Status.Normal:
+                    raise TableIOError(f"it is {session.status.value}")
             except (InputNotFoundError, TableIOError) as e:
                 logger.warning("download session %s of %s is gone (%s); creating a new one", download_id, self.url, e)
+                session = None
         if session is None:
             try:
                 with translated_errors(self.url, "opening a download session on"):
@@ -304,239 +297,61 @@ class MaxComputeSource(TableSource):
 
     def _batches(self, start: int, end: int, names: List[str]) -> Iterator[pa.RecordBatch]:
         unique = list(dict.fromkeys(names))
-        with translated_errors(self.url, f"reading rows [{start}, {end}) of"):
-            reader = self.session.open_arrow_reader(start, end - start, columns=unique)
-            for batch in reader:
-                if batch.num_rows:
-                    yield pa.RecordBatch.from_arrays([batch.column(n) for n in names], names=names)
+        done = start
+        for retry in (False, True):
+            try:
+                with translated_errors(self.url, f"reading rows [{done}, {end}) of"):
+                    reader = self.session.open_arrow_reader(done, end - done, columns=unique)
+                    for batch in reader:
+                        if batch.num_rows:
+                            done += batch.num_rows
+                            yield pa.RecordBatch.from_arrays([batch.column(n) for n in names], names=names)
+                return
+            except TableIOError:
+                if retry or not self._replace_expired_session():
+                    raise
 
-
-# --- writing ---------------------------------------------------------------------------------------
-
-
-def _slice_index(slice_id: str) -> int:
-    match = re.search(r"(\d+)$", slice_id)
-    if match is None:
-        raise TableIOError(f"MaxCompute output needs slice ids ending in the slice number; got {slice_id!r}")
-    return int(match.group(1))
-
-
-def _attempt_number(attempt: Any) -> int:
-    text = str(attempt)
-    if not text.isdigit():
-        raise TableIOError(f"MaxCompute output needs the attempt's ordinal within its slice (0, 1, ...); "
-                           f"got {attempt!r}")
-    return int(text)
-
-
-@register_sink
-class MaxComputeSink(TableSink):
-    """An existing MaxCompute table (partition) written through shared tunnel upload sessions.
-
-    Build it with :meth:`open` (creates the sessions, or re-attaches to ``session_ids``) or from
-    its ``describe()`` dict; :func:`open_table_sink` gives one whose sessions are created on first
-    use. See the module docstring for the block scheme.
-    """
-
-    kind = "odps"
-
-    def __init__(self, url: str, sessions: Optional[List[str]] = None, slice_count: Optional[int] = None,
-                 attempts_per_slice: int = DEFAULT_ATTEMPTS_PER_SLICE):
-        self.name = parse_odps_url(url)
-        self.url = self.name.url
-        if attempts_per_slice < 1 or attempts_per_slice > MAX_BLOCKS:
-            raise ConfigError(f"attempts_per_slice must be in 1..{MAX_BLOCKS}, got {attempts_per_slice}")
-        self.attempts_per_slice = int(attempts_per_slice)
-        self.slice_count = None if slice_count is None else int(slice_count)
-        self._session_ids: Optional[List[str]] = list(sessions) if sessions else None
-        self._sessions: Dict[str, Any] = {}
-        self._schema: Optional[List[Column]] = None
-        self._lock = threading.RLock()
-
-    @classmethod
-    def open(cls, url: str, session_ids: Optional[List[str]] = None, slice_count: Optional[int] = None,
-             attempts_per_slice: int = DEFAULT_ATTEMPTS_PER_SLICE) -> MaxComputeSink:
-        """Create the upload sessions now (``session_ids=None``) or re-attach to existing ones."""
-        sink = cls(url, session_ids, slice_count, attempts_per_slice)
-        for sid in sink.session_ids:
-            sink._session(sid)
-        return sink
-
-    @property
-    def session_ids(self) -> List[str]:
-        with self._lock:
-            if self._session_ids is None:
-                n = 1
-                if self.slice_count:
-                    n = max(1, math.ceil(self.slice_count * self.attempts_per_slice / MAX_BLOCKS))
-                self._session_ids = [self._create_session() for _ in range(n)]
-            return list(self._session_ids)
-
-    def _create_session(self):
-        spec = self.name.partition_spec or None
-        tunnel = _tunnel(self.name)
+    def _replace_expired_session(self) -> bool:
+        """After a failed read: if the session expired (a job longer than its lifetime), continue on
+        a new one -- of the same table size, else the job's slices would no longer match it."""
         try:
-            with translated_errors(self.url, "opening an upload session on"):
-                session = tunnel.create_upload_session(self.name.table, partition_spec=spec,
-                                                       create_partition=bool(spec))
-        except (InputNotFoundError, TableIOError):
-            _check_partition(self.name)
-            raise
-        self._sessions[session.id] = session
-        return session.id
-
-    def _session(self, session_id: str, reload: bool = False):
-        with self._lock:
-            session = self._sessions.get(session_id)
-            if session is None:
-                spec = self.name.partition_spec or None
-                with translated_errors(self.url, f"attaching upload session {session_id} of"):
-                    session = _tunnel(self.name).create_upload_session(self.name.table, partition_spec=spec,
-                                                                       upload_id=session_id)
-                self._sessions[session_id] = session
-            elif reload:
-                with translated_errors(self.url, f"reloading upload session {session_id} of"):
-                    session.reload()
-            return session
-
-    @property
-    def schema(self) -> List[Column]:
-        if self._schema is None:
-            self._schema = _columns_of(self._session(self.session_ids[0]).schema)
-        return self._schema
-
-    def describe(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "url": self.url, "sessions": self.session_ids,
-                "slice_count": self.slice_count, "attempts_per_slice": self.attempts_per_slice}
-
-    def block_of(self, slice_id: str, attempt: Any) -> Tuple[str, int]:
-        """The (upload session id, block id) of a slice attempt; TableIOError when out of range."""
-        index, number = _slice_index(slice_id), _attempt_number(attempt)
-        if number >= self.attempts_per_slice:
-            raise TableIOError(f"slice {slice_id} attempt {number} of {self.url} exceeds the "
-                               f"{self.attempts_per_slice} block slots per slice (attempts_per_slice)")
-        n = index * self.attempts_per_slice + number
-        ids = self.session_ids
-        if n // MAX_BLOCKS >= len(ids):
-            raise TableIOError(f"slice {slice_id} of {self.url} needs block {n}, beyond the {len(ids)} upload "
-                               f"session(s) x {MAX_BLOCKS} blocks of this sink; create it with slice_count=")
-        return ids[n // MAX_BLOCKS], n % MAX_BLOCKS
-
-    def open_stage(self, slice_id: str, attempt: str) -> StageWriter:
-        stage = _BlockStage(self, slice_id, attempt)
-        stage.session_id, stage.block = self.block_of(stage.slice_id, stage.attempt)
-        return stage
-
-    def upload_block(self, session_id: str, block: int, tables: Iterable[pa.Table]) -> None:
-        """Write ``tables`` as block ``block``, replacing it; retried whole on transient failures."""
-        tables = list(tables)
-        session = self._session(session_id)
-        delay = 0.5
-        for attempt in range(_UPLOAD_RETRIES):
-            with translated_errors(self.url, f"uploading block {block} of session {session_id} to"):
-                try:
-                    self._write_block(session, block, tables)
-                    return
-                except Exception as e:
-                    if attempt == _UPLOAD_RETRIES - 1 or not _is_transient(e):
-                        raise
-            logger.warning("retrying upload of block %d to %s", block, self.url)
-            time.sleep(delay)
-            delay *= 2
-
-    @staticmethod
-    def _write_block(session, block: int, tables: List[pa.Table]) -> None:
-        writer = session.open_record_writer(block)
-        try:
-            for table in tables:
-                columns = [col.to_pylist() for col in table.columns]
-                for values in zip(*columns):
-                    writer.write(session.new_record(list(values)))
-        finally:
-            writer.close()
-
-    def _check_ref(self, staged: StagedRef) -> Tuple[str, int]:
-        block = staged.get("block")
-        if staged.get("session") not in self.session_ids or not isinstance(block, int) or not 0 <= block < MAX_BLOCKS:
-            raise TableIOError(f"staged ref {dict(staged)!r} names no block of the upload sessions of {self.url}")
-        return staged["session"], block
-
-    def publish(self, slice_id: str, staged: StagedRef) -> None:
-        """Nothing to do per slice: committed blocks become visible when :meth:`finalize` commits."""
-        self._check_ref(staged)
-
-    def discard(self, staged: StagedRef) -> None:
-        """Empty the block: a session's commit takes every block it holds, losers' included."""
-        session_id, block = self._check_ref(staged)
-        session = self._session(session_id, reload=True)
-        if session.status != type(session).Status.Normal:
-            return  # already committed or gone: nothing to take back
-        self.upload_block(session_id, block, [])
-
-    def finalize(self, committed: Iterable[Tuple[str, StagedRef]]) -> None:
-        """Commit each upload session once, holding exactly the committed blocks' rows."""
-        wanted: Dict[str, set] = {sid: set() for sid in self.session_ids}
-        for _slice_id, ref in committed:
-            session_id, block = self._check_ref(ref)
-            wanted[session_id].add(block)
-        for session_id, blocks in wanted.items():
-            session = self._session(session_id, reload=True)
-            status = type(session).Status
-            if session.status == status.Closed:
-                continue  # committed by an earlier finalize
-            if session.status != status.Normal:
-                raise TableIOError(f"upload session {session_id} of {self.url} is {session.status.value}; "
-                                   "its blocks cannot be committed")
-            held = {int(b) for b in (session.blocks or [])}
-            missing = sorted(blocks - held)
-            if missing:
-                raise TableIOError(f"upload session {session_id} of {self.url} lacks committed blocks {missing[:10]}")
-            for stray in sorted(held - blocks):
-                self.upload_block(session_id, stray, [])
-            with translated_errors(self.url, f"committing upload session {session_id} of"):
-                session.commit(sorted(held))
-
-
-class _BlockStage(StageWriter):
-    """A slice attempt's rows, buffered as validated Arrow tables, uploaded as one block on commit.
-
-    Uploading at commit (rather than streaming while the slice is computed) keeps no tunnel
-    connection idle for the length of a slow slice -- the server drops those.
-    """
-
-    sink: MaxComputeSink
-    session_id: str
-    block: int
-
-    def __init__(self, sink: MaxComputeSink, slice_id: str, attempt: str):
-        super().__init__(sink, slice_id, attempt)
-        self._tables: List[pa.Table] = []
-
-    def _write_table(self, table: pa.Table) -> None:
-        self._tables.append(table)
-
-    def commit(self) -> StagedRef:
-        if self.closed:
-            raise ValueError(f"stage of slice {self.slice_id} attempt {self.attempt} is closed")
-        self.closed = True
-        tables, self._tables = self._tables, []
-        self.sink.upload_block(self.session_id, self.block, tables)
-        return {"session": self.session_id, "block": self.block, "rows": self.rows}
-
-    def abort(self) -> None:
-        self.closed = True
-        self._tables = []
+            with translated_errors(self.url, "reloading the download session of"):
+                self.session.reload()
+        except TableIOError:
+            return False
+        if self.session.status == type(self.session).Status.Normal:
+            return False  # not an expiry: the original error stands
+        fresh = self._open_session(None)
+        if int(fresh.count) != int(self.session.count):
+            raise TableIOError(f"{self.url} changed while the job read it: its download session expired and a "
+                               f"new one has {fresh.count} rows, not {self.session.count}")
+        logger.warning("download session %s of %s expired; continuing on %s", self.session.id, self.url, fresh.id)
+        with _DOWNLOADS_LOCK:
+            _DOWNLOADS[(load_credentials(), self.url)] = (time.monotonic(), fresh)
+        self.session = fresh
+        return True
 
 
 def open_source(url: str, **options: Any) -> MaxComputeSource:
     return MaxComputeSource(url, **options)
 
 
-def open_sink(url: str, **options: Any) -> MaxComputeSink:
-    return MaxComputeSink(url, **options)
-
-
 def source_from_description(description: Mapping[str, Any]) -> MaxComputeSource:
     return MaxComputeSource(description["url"], download_id=description.get("download_id"))
 
 
+
+
+# The writing side lives in odps_sink; importing it here registers the "odps" sink kind with this
+# backend module and keeps ``aimaster.io.tables.odps.MaxComputeSink`` working.
+from aimaster.io.tables.odps_sink import (  # noqa: E402
+    DEFAULT_ATTEMPTS_PER_SLICE,
+    MAX_BLOCKS,
+    MaxComputeSink,
+    SessionClock,
+    open_sink,
+)
+
+__all__ = ["DEFAULT_ATTEMPTS_PER_SLICE", "MAX_BLOCKS", "MaxComputeSink", "MaxComputeSource", "SessionClock",
+           "clear_caches", "load_credentials", "open_sink", "open_source", "session_lifetime",
+           "source_from_description"]

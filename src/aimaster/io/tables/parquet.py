@@ -153,6 +153,9 @@ class ParquetSink(LocalFileSink):
         if os.path.isfile(self.directory):
             raise UrlError(f"Parquet output {self.directory} is a file; it must be a directory")
         self._schema = parse_columns(schema, f"schema of {url}") if schema else None
+        # describe() names only the schema given here, never one learned later (recorded by another
+        # writer, or inferred): the job agrees on the description once, so it must not change.
+        self._declared = format_columns(self._schema) if self._schema is not None else None
         self._schema_recorded = False
         self.row_group_rows = int(row_group_rows)
         self.staging = LocalStaging(self.directory, self.STAGING, ".parquet")
@@ -164,9 +167,7 @@ class ParquetSink(LocalFileSink):
         return self._schema
 
     def describe(self) -> Dict[str, Any]:
-        schema = self.schema
-        return {"kind": self.kind, "url": self.url,
-                "schema": format_columns(schema) if schema is not None else None,
+        return {"kind": self.kind, "url": self.url, "schema": self._declared,
                 "row_group_rows": self.row_group_rows}
 
     def schema_for_write(self, rows, col_indices) -> Optional[List[Column]]:
@@ -214,7 +215,7 @@ class ParquetSink(LocalFileSink):
                               f"{format_columns(recorded or [])}, not {format_columns(schema)}")
         self._schema_recorded = True
 
-    def open_stage(self, slice_id: str, attempt: str) -> StageWriter:
+    def open_stage(self, slice_id: str, attempt: str, **options: Any) -> StageWriter:
         return _ParquetStage(self, slice_id, attempt)
 
 
@@ -264,7 +265,7 @@ class _ParquetStage(StageWriter):
         arrow_schema = pa.schema([pa.field(c.name, arrow_type(c, self.sink.url)) for c in schema])
         arrow_schema = arrow_schema.with_metadata({"aimaster.slice": self.slice_id,
                                                    "aimaster.attempt": self.attempt})
-        self._file = open(self.temp, "wb")
+        self._file = self.sink.staging.open_temp(self.temp)
         self._writer = pq.ParquetWriter(self._file, arrow_schema)
 
     def _flush(self) -> None:

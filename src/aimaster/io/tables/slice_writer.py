@@ -44,12 +44,15 @@ class SliceRowWriter:
     def slice_id(self) -> Optional[str]:
         return self._stage.slice_id if self._stage is not None else None
 
-    def begin_slice(self, slice_id: str, attempt: str) -> None:
-        """Start staging ``slice_id``'s output for ``attempt``; the previous slice must be finished."""
+    def begin_slice(self, slice_id: str, attempt: str, options: Optional[Mapping[str, Any]] = None) -> None:
+        """Start staging ``slice_id``'s output for ``attempt``; the previous slice must be finished.
+
+        ``options`` go to the sink's ``open_stage`` (MaxCompute: the upload generation).
+        """
         self._check_open()
         if self._stage is not None:
             raise ValueError(f"slice {self._stage.slice_id} is still being written; finish_slice() first")
-        self._stage = self.sink.open_stage(str(slice_id), str(attempt))
+        self._stage = self.sink.open_stage(str(slice_id), str(attempt), **dict(options or {}))
 
     def write(self, values: Any, col_indices: Optional[Sequence[int]] = None) -> int:
         """Append rows (a list of tuples, or a 2-D array) filling ``col_indices``; returns rows kept.

@@ -298,7 +298,7 @@ class WarehouseSink(LocalFileSink):
     def describe(self) -> Dict[str, Any]:
         return {"kind": self.kind, "url": self.url, "warehouse": self.table.root}
 
-    def open_stage(self, slice_id: str, attempt: str) -> StageWriter:
+    def open_stage(self, slice_id: str, attempt: str, **options: Any) -> StageWriter:
         return _CsvStage(self, slice_id, attempt)
 
 
@@ -310,7 +310,7 @@ class _CsvStage(StageWriter):
     def __init__(self, sink: WarehouseSink, slice_id: str, attempt: str):
         super().__init__(sink, slice_id, attempt)
         self.temp = sink.staging.temp_path(self.slice_id, self.attempt)
-        self._file = open(self.temp, "wb")
+        self._file = sink.staging.open_temp(self.temp)
 
     def _write_table(self, table: pa.Table) -> None:
         try:

@@ -98,7 +98,9 @@ def _error_message(exc: BaseException) -> Tuple[str, str]:
 
 
 def _rebuild_error(name: str, message: str) -> BaseException:
-    cls = getattr(errors_module, name, None)
+    from aimaster.io.tables import base
+
+    cls = getattr(errors_module, name, None) or (base.StageLost if name == "StageLost" else None)
     if isinstance(cls, type) and issubclass(cls, AimasterError):
         return cls(message)
     if name in ("ValueError", "TypeError"):
@@ -172,7 +174,7 @@ def _child_main(description: Mapping[str, Any], filter_value: Any, commands, res
                 seq = message[3]
                 writer.abort_slice()
                 try:
-                    writer.begin_slice(message[1], message[2])
+                    writer.begin_slice(message[1], message[2], message[4] if len(message) > 4 else None)
                 except BaseException as e:  # noqa: BLE001
                     broken = _error_message(e)
                     results.send(("error", seq) + broken)
@@ -329,14 +331,14 @@ class SubprocessSliceRowWriter:
         return self._proc.pid
 
     # --- the SliceRowWriter API ------------------------------------------------------------------
-    def begin_slice(self, slice_id: str, attempt: str) -> None:
+    def begin_slice(self, slice_id: str, attempt: str, options: Optional[Mapping[str, Any]] = None) -> None:
         self._check_usable()
         if self._slice is not None:
             raise ValueError(f"slice {self._slice} is still being written; finish_slice() first")
         # No reply is awaited: the child may still be staging the previous slice. A failure to open
         # the stage is raised at the next call and fails this slice's finish.
         self._seq += 1
-        self._send(("begin", str(slice_id), str(attempt), self._seq))
+        self._send(("begin", str(slice_id), str(attempt), self._seq, dict(options or {})))
         self._slice = str(slice_id)
 
     def write(self, values: Any, col_indices: Optional[Sequence[int]] = None) -> int:
