@@ -118,6 +118,7 @@ class Dataset:
         self._done: Dict[str, int] = {}
         self._failed: Dict[str, int] = {}
         self._scanned_rev = {"done": 0, "failed": 0}
+        self._retaken_rev = 0  # mod revision of ds/<ds>/retaken when completion was last read
         self._ignored: set = set()  # keys of records outside the plan, warned about once
         self._sink: Optional[Dict[str, Any]] = None  # the dataset's agreed output sink, once known
         self._agreed: set = set()  # ids of the sink objects checked against it
@@ -821,9 +822,19 @@ class Dataset:
         prefix = self.k.done if kind == "done" else self.k.failed
         known = self._done if kind == "done" else self._failed
         since = self._scanned_rev[kind]
+        if kind == "done":
+            # A commit taken back (its output died with an expired upload session) touches
+            # ``retaken``: what we cached may include it, so everything is read again.
+            key = self.store.key(self.k.retaken)
+            _, meta = self.store.call(f"get {key}", lambda c: c.get(key))  # only its revision counts
+            retaken = meta.mod_revision if meta is not None else 0
+            if retaken != self._retaken_rev:
+                self._retaken_rev, since = retaken, 0
         if since and self.store.count(prefix) < len(known):
-            known.clear()  # records vanished (deleted by hand): read everything again
-            since = self._scanned_rev[kind] = 0
+            since = 0  # records vanished (deleted by hand): read everything again
+        if not since:
+            known.clear()
+            self._scanned_rev[kind] = 0
         for rel, raw, meta in self._records_since(prefix, since):
             self._scanned_rev[kind] = max(self._scanned_rev[kind], meta.mod_revision)
             sid = rel[len(prefix):]

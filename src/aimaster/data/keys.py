@@ -26,6 +26,12 @@ Everything lives under ``/aimaster/v1/jobs/<job-id>/``::
     ds/<ds>/sink                the dataset's output sink (its description), agreed by the first
                                 writer; commit records naming any other location are refused
     ds/<ds>/finalized           outputs of the whole dataset published (and sessions committed)
+    ds/<ds>/retaken             changed whenever a commit is taken back (its output died with an
+                                expired MaxCompute upload session): cached completion is re-read
+    ds/<ds>/slots/<s>/<a>.<k>   table outputs: the block slot k a speculative copy of attempt a took
+    ds/<ds>/uploads/<g>         MaxCompute: upload session generation g shared by the job's writers
+    ds/<ds>/uploads-new         MaxCompute: the process creating the next generation (leased)
+    ds/<ds>/uploads-seal/<g>    MaxCompute: generation g sealed (no upload or commit into it)
 """
 
 from __future__ import annotations
@@ -88,6 +94,7 @@ class DatasetKeys:
         self.finalized = self.base + "finalized"
         self.finalizing = self.base + "finalizing"
         self.sink = self.base + "sink"
+        self.retaken = self.base + "retaken"
 
     def item_chunk(self, n: int) -> str:
         return f"{self.items}{n:06d}"

@@ -116,13 +116,20 @@ class TableBinding(Binding):
         return stage
 
     def commit(self, claim: Claim, sealed: Any = None) -> bool:
+        from aimaster.io.tables.base import StageLost
+
         if sealed is not None:
             try:
                 ref = sealed.commit()
+            except StageLost:  # the attempt lost already (the job ended, its upload session aged)
+                sealed.abort()
+                return self.client._lose(claim)
             except BaseException:
                 sealed.abort()
                 raise
             claim.add_output(self._sink, ref)
+        if not self.client._committable(claim):
+            return self.client._lose(claim)  # as the SDK writer does: never commit into an aged session
         return self.dataset.commit(claim)
 
     def release(self, claim: Claim, error: Optional[str]) -> None:

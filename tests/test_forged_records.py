@@ -1,0 +1,160 @@
+"""Records read back from etcd are believed only when they describe what this job produced.
+
+Forged keys are written for real, with an etcd client, into the keys of a running job (or of a
+dataset in this process): commit records for slices outside the plan, a commit record naming a
+directory outside the job's output, a claim bound to no lease. None may end a job Succeeded with an
+input unprocessed, move a file outside the output, or hang the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+from helpers import aimaster_cmd, assert_exactly_once, clean_env, make_files, program, wait_for
+
+from aimaster.data.coordinator import CHUNK_BYTES, Dataset, PlanData
+from aimaster.data.store import EtcdConfig, Store, job_prefix
+
+
+def _job_store(state_dir: str, job_id: str) -> Store:
+    info_path = os.path.join(state_dir, "jobs", job_id, "etcd.json")
+    info = wait_for(lambda: os.path.exists(info_path) and json.load(open(info_path)), what="etcd.json")
+    return Store(EtcdConfig([f"127.0.0.1:{info['port']}"], retry_seconds=10), job_prefix(job_id))
+
+
+def _dataset_id(store: Store) -> str:
+    plans = wait_for(lambda: [k for k in store.keys("ds/") if k.endswith("/plan")], timeout=60, what="a plan")
+    return plans[0].split("/")[0]
+
+
+def _start_job(tmp_path, job_id, n_files=420, slice_size=7, sleep="0.02"):
+    inp, out, state = tmp_path / "in", tmp_path / "out", tmp_path / "state"
+    inputs = make_files(str(inp), n_files)
+    proc = subprocess.Popen(
+        aimaster_cmd("run", "-n", "2", "--job-id", job_id, "--state-dir", str(state), "--quiet", "--",
+                     sys.executable, program("file_worker.py"), str(inp), str(out), str(slice_size)),
+        env=clean_env({"FILE_SLEEP": sleep}), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, inputs, str(out), str(state)
+
+
+def test_forged_commits_outside_the_plan_do_not_end_the_job_early(tmp_path):
+    proc, inputs, out, state = _start_job(tmp_path, "forged")
+    store = _job_store(state, "forged")
+    try:
+        ds = _dataset_id(store)
+        record = {"w": "mallory", "at": "mallory.1", "a": 1, "t": 0, "n": 7, "out": []}
+        for i in range(40):  # 60 slices planned: ids 000060.. do not exist, nor do the odd spellings
+            store.put(f"ds/{ds}/done/{60 + i:06d}", record)
+        store.put(f"ds/{ds}/done/61", record)
+        store.put(f"ds/{ds}/done/zzzzzz", record)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        store.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert_exactly_once(out, inputs)  # all 420, not "Succeeded, 72/60" with 280 missing
+    report = json.load(open(os.path.join(state, "jobs", "forged", "report.json")))
+    assert report["slices"]["committed"] == 60
+
+
+def test_a_commit_record_naming_another_directory_is_refused_and_nothing_moves(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "staged").mkdir(parents=True)
+    victim = elsewhere / "staged" / "precious.txt"
+    victim.write_text("not the job's to move\n")
+    proc, inputs, out, state = _start_job(tmp_path, "outside", sleep="0.05")
+    store = _job_store(state, "outside")
+    try:
+        ds = _dataset_id(store)
+        busy = {k.rsplit("/", 1)[1] for k in store.keys(f"ds/{ds}/") if "/done/" in k or "/claim/" in k}
+        target = max(f"{i:06d}" for i in range(60) if f"{i:06d}" not in busy)  # not committed yet
+        forged = {"w": "mallory", "at": "mallory.1", "a": 1, "t": 0, "n": 7,
+                  "out": [{"sink": {"kind": "files", "dir": str(elsewhere)},
+                           "ref": {"staged": "staged/precious.txt", "final": "moved.txt"}}]}
+        store.put(f"ds/{ds}/done/{target}", forged)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        store.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert victim.read_text() == "not the job's to move\n"
+    assert not (elsewhere / "moved.txt").exists()
+    assert proc.returncode != 0, f"a job whose slice {target} has a forged commit must not succeed: {stderr}"
+    assert f"ds/{ds}/done/{target}" in stderr
+    report = json.load(open(os.path.join(state, "jobs", "outside", "report.json")))
+    assert report["state"] == "Failed"
+    assert f"done/{target}" in (report["reason"] or "")
+
+
+def _dataset(session, n_files, slice_size, names=None):
+    names = names or [f"f{i:05d}" for i in range(n_files)]
+    ds = Dataset(session, "f-forged")
+    ds.speculation = False
+    ds.ensure_plan(lambda: PlanData("files", len(names), {"base": "/in"}, names), slice_size)
+    return ds
+
+
+def test_a_claim_bound_to_no_lease_does_not_hang_the_job(make_session):
+    a, b = make_session("w-a", ttl=3), make_session("w-b")
+    da, db = _dataset(a, 6, 3), _dataset(b, 6, 3)
+    lost = da.next_claim()
+    mine = db.next_claim()
+    # Someone rewrites the claim by hand, bound to no lease; then its worker dies.
+    key = f"ds/{da.ds_id}/claim/{lost.slice_id}"
+    b.store.put(key, b.store.get_value(key))
+    a.close()
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("claim", db.next_claim()), daemon=True)
+    thread.start()
+    thread.join(20)
+    assert "claim" in result, "the slice under a leaseless claim never came back"
+    assert result["claim"].slice_id == lost.slice_id
+    assert db.commit(mine) and db.commit(result["claim"])
+    assert db.is_complete()
+
+
+def test_a_claim_taken_inside_a_commit_is_in_the_heartbeat(make_session):
+    a = make_session("w-a")
+    ds = _dataset(a, 9, 3)
+    first = ds.next_claim()
+    assert ds.commit(first, claim_next=True)
+    following = ds.try_claim()  # the claim that rode in the commit's transaction
+    assert following is not None
+    beat = a.store.get_value("beat/w-a")
+    assert beat["held"] == [f"{ds.ds_id}/{following.slice_id}"], beat
+
+
+def test_long_non_ascii_names_plan_in_byte_budgeted_chunks(make_session):
+    a = make_session("w-a")
+    names = [f"目录/图片{'猫狗鸟鱼' * 4}{i:05d}.jpg" for i in range(2500)]
+    names += [f"emoji/{'😀🚀' * 10}{i:05d}.png" for i in range(2500)]
+    names.sort()
+    ds = _dataset(a, 0, 100, names)
+    assert sum(ds.plan["chunks"]) == len(names)
+    for n in range(len(ds.plan["chunks"])):
+        raw, _ = a.store.client.get(a.store.key(ds.k.item_chunk(n)))
+        assert len(raw) <= CHUNK_BYTES + 64
+    got = [name for i in range(ds.num_slices) for name in ds.items(i)]
+    assert got == names
+
+
+def test_a_job_over_cjk_named_files_runs(tmp_path):
+    inp, out, state = tmp_path / "in", tmp_path / "out", tmp_path / "state"
+    inputs = []
+    for i in range(2500):
+        rel = f"照片/{'长文件名的猫和狗' * 2}{i:05d}.txt"
+        path = inp / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{i}\n")
+        inputs.append(rel)
+    r = subprocess.run(
+        aimaster_cmd("run", "-n", "2", "--job-id", "cjk", "--state-dir", str(state), "--quiet", "--",
+                     sys.executable, program("file_worker.py"), str(inp), str(out), "250"),
+        env=clean_env(), capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert_exactly_once(str(out), inputs)
