@@ -30,19 +30,22 @@ from aimaster.data.store import EtcdConfig, Store, job_prefix
 from aimaster.master.launcher import pid_alive
 
 WORKER = program("file_worker.py")
+FLAKY_WORKER = program("flaky_worker.py")
+RANDOM_FAILURE = program("random_failure.py")
 
 
 class Job:
     """One `aimaster run` of file_worker.py over generated files, started in the background."""
 
-    def __init__(self, tmp_path, job_id, n_files, workers=4, slice_size=10, env=None, extra=(), nested=True):
+    def __init__(self, tmp_path, job_id, n_files, workers=4, slice_size=10, env=None, extra=(), nested=True,
+                 worker=WORKER):
         self.tmp = tmp_path
         self.job_id = job_id
         self.inp, self.out, self.state = tmp_path / "in", tmp_path / "out", tmp_path / "state"
         self.inputs = make_files(str(self.inp), n_files, nested=nested) if not self.inp.exists() else None
         self.env = clean_env(env)
         self.cmd = aimaster_cmd("run", "-n", str(workers), "--job-id", job_id, "--state-dir", str(self.state),
-                                "--quiet", *extra, "--", sys.executable, WORKER, str(self.inp), str(self.out),
+                                "--quiet", *extra, "--", sys.executable, worker, str(self.inp), str(self.out),
                                 str(slice_size))
         self.path = self.state / "jobs" / job_id
         self.proc = None
@@ -337,3 +340,120 @@ def test_workers_join_and_leave(tmp_path, jobs):
     assert_exactly_once(str(job.out), job.inputs)
     stats = {w["worker_id"]: w["slices"] for w in job.report()["workers"]}
     assert all(stats.get(w, 0) > 0 for w in joined), stats
+
+
+def test_environment_errors_are_relaunched_and_the_job_succeeds(tmp_path, jobs):
+    """A storage blip, etcd out of reach past the retry window, an I/O error: each kills a worker
+    once, holding a slice. Under the default policy each is relaunched and the job Succeeds, exactly
+    once; the retry window given to `aimaster run` reaches the workers."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    probe = tmp_path / "retry.txt"
+    job = jobs(tmp_path, "envfail", 300, workers=2, worker=FLAKY_WORKER,
+               env={"FLAKY_ERRORS": "TableIOError,EtcdUnavailableError,EIO", "FLAKY_MARKERS": str(markers),
+                    "FILE_SLEEP": "0.005", "RETRY_PROBE": str(probe), "AIMASTER_ETCD_RETRY_SECONDS": "7"})
+    r = job.run()
+    assert r.returncode == 0, r.stderr
+    assert_exactly_once(str(job.out), job.inputs)
+    report = job.report()
+    assert report["state"] == "Succeeded" and report["relaunches"] == {"exit:75": 3}, report["relaunches"]
+    errors = [e["error"] for e in report["worker_exits"] if e.get("error")]
+    assert len(errors) == 3 and all("(an environment error)" in e for e in errors), errors
+    assert any("cannot write part file" in e for e in errors)
+    assert any("unreachable for 60s" in e for e in errors)
+    assert any("Input/output error" in e for e in errors)
+    assert set(probe.read_text().split()) == {"7.0"}  # every worker, relaunched ones too
+
+
+def test_failures_differing_in_ids_paths_and_addresses_are_the_same_error(tmp_path, jobs):
+    """Each failure names another random attempt id, path, address and number: still one error,
+    counted toward --max-num-of-same-error."""
+    job = jobs(tmp_path, "sameid", 5, workers=1, worker=RANDOM_FAILURE,
+               extra=("--max-num-of-same-error", "3", "--max-slice-attempts", "6"))
+    r = job.run(timeout=120)
+    assert r.returncode == 1, r.stderr
+    report = job.report()
+    assert "the same failure happened 3 times (--max-num-of-same-error=3)" in (report["reason"] or ""), report["reason"]
+    assert report["relaunches"] == {"exit:1": 2}
+    errors = [e["error"] for e in report["worker_exits"] if e.get("error")]
+    assert len(errors) == 3 and len(set(errors)) == 3, errors  # three messages, one error
+
+
+def test_sync_mode_restarts_every_worker_of_the_job(tmp_path, jobs):
+    """--job-execution-mode=Sync: one worker killed, every worker restarts (new pids), the joined
+    machine's too; each backs off by its own uptime; the job still commits every input once."""
+    job = jobs(tmp_path, "sync", 1500, workers=2, env={"FILE_SLEEP": "0.02"},
+               extra=("--job-execution-mode", "Sync", "--lease-ttl", "3", "--slow-worker-multiplier", "0"))
+    job.start()
+    port = job.etcd_info()["port"]
+    wait_for(lambda: (job.store().get_value("job") or {}).get("state") == "Running", timeout=30, what="Running")
+    joiner = subprocess.Popen(
+        aimaster_cmd("join", "-n", "1", "--etcd", f"127.0.0.1:{port}", "--job-id", "sync", "--quiet",
+                     "--state-dir", str(tmp_path / "joined"), "--", sys.executable, WORKER, str(job.inp),
+                     str(job.out), "10"),
+        env=job.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        before = wait_for(lambda: (lambda w: w if len(w) == 3 else None)(job.workers()), timeout=60,
+                          what="three workers (two launched, one joined)")
+        wait_for(lambda: job.committed() >= 10, timeout=60, what="first commits")
+        old = {rec["pid"] for rec in before.values()}
+        os.kill(before["w0"]["pid"], signal.SIGKILL)
+
+        def restarted():
+            assert job.proc.poll() is None, "the job ended before every worker was restarted"
+            live = job.workers()
+            return live if len(live) == 3 and not ({rec["pid"] for rec in live.values()} & old) else None
+
+        after = wait_for(restarted, timeout=60, what="every worker to be restarted")
+        assert job.wait() == 0, job.output_text()
+        out, _ = joiner.communicate(timeout=60)
+        assert joiner.returncode == 0, out
+    finally:
+        if joiner.poll() is None:
+            joiner.kill()
+    assert "restarting ours" in out
+    assert_exactly_once(str(job.out), job.inputs)
+    report = job.report()
+    assert report["relaunches"] == {"signal:9": 1}
+    assert [e["worker"] for e in report["worker_exits"] if e.get("stopped") == "sync"] == ["w1"]
+    joined = [w for w in before if w not in ("w0", "w1")]
+    assert len(joined) == 1 and not any(w == joined[0] for w in after)
+
+
+def _etcds_on(data_dir: str):
+    """Pids of processes running etcd on ``data_dir``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == b"etcd" and any(data_dir.encode() in a for a in argv):
+            pids.append(int(entry))
+    return pids
+
+
+def test_two_runs_of_one_job_at_once(tmp_path, jobs):
+    """Two `aimaster run` of one job id on one state directory at once: one runs the job, the other
+    says so in one line and exits; no etcd is left on the job's data, and the job's status reads."""
+    job = jobs(tmp_path, "twin", 300, workers=2, env={"FILE_SLEEP": "0.01"})
+    a, b = job.start(log_name="a"), job.start(log_name="b")
+    codes = {"a": job.wait(a), "b": job.wait(b)}
+    assert sorted(codes.values())[0] == 0 and sorted(codes.values())[1] != 0, codes
+    loser = [name for name, code in codes.items() if code != 0][0]
+    text = job.output_text(loser)
+    assert "Traceback" not in text, text
+    errors = [line for line in text.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("aimaster: error: job twin is already running"), text
+    said = [line for line in text.splitlines() if line.startswith("aimaster:")]
+    assert len(said) == 2 and said[0].startswith("aimaster: job twin ("), text  # the banner, then the one line
+    assert_exactly_once(str(job.out), job.inputs)
+    assert job.report()["state"] == "Succeeded" and job.report()["launched"] == 2
+    assert _etcds_on(str(job.path / "etcd")) == []
+    r = subprocess.run(aimaster_cmd("status", "--job-id", "twin", "--state-dir", str(job.state)), env=job.env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "job twin: Succeeded" in r.stdout, r.stderr
+    assert _etcds_on(str(job.path / "etcd")) == []  # status's own etcd is gone too

@@ -164,3 +164,125 @@ def test_a_claim_whose_lease_expired_renews_the_lease(make_session):
     with pytest.raises(OutOfRangeException):
         d.next_claim()
     assert a.store.get_value("beat/A")["state"] == "done"
+
+
+def test_user_errors_and_environment_errors():
+    import errno
+
+    from aimaster import errors
+
+    for cls in (errors.ConfigError, errors.InputNotFoundError, errors.EmptyInputError, errors.MetaFileError,
+                errors.UrlError, errors.SchemaError, errors.CredentialsError, errors.JobError, errors.EtcdDataError):
+        assert not errors.is_environment_error(cls("x")), cls
+    for cls in (errors.TableIOError, errors.EtcdUnavailableError):
+        assert errors.is_environment_error(cls("x")), cls
+    assert errors.is_environment_error(OSError(errno.EIO, "Input/output error"))
+    assert errors.is_environment_error(OSError(errno.ENOSPC, "No space left on device"))
+    assert errors.is_environment_error(ConnectionResetError()) and errors.is_environment_error(TimeoutError())
+    assert not errors.is_environment_error(FileNotFoundError(errno.ENOENT, "No such file"))
+    assert not errors.is_environment_error(PermissionError(errno.EACCES, "Permission denied"))
+    assert not errors.is_environment_error(ValueError("bad"))
+
+
+def test_environment_exits_are_transient_and_counted():
+    from aimaster.data.runtime import ENVIRONMENT_ERROR_EXIT, USER_ERROR_EXIT
+
+    env = classify_exit(ENVIRONMENT_ERROR_EXIT, "aimaster: error: etcd at 10.0.0.7:2379 unreachable for 60s")
+    assert env.environment and env.transient and env.cause == "exit:75"
+    assert env.describe().startswith("exited with code 75 (an environment error): aimaster: error: etcd at")
+    assert not classify_exit(USER_ERROR_EXIT, "aimaster: error: input directory /x does not exist").environment
+    assert FaultPolicy(policy="ExitCodeAndErrorMsg").record(env) is None
+    assert "Never" in FaultPolicy(policy="Never").record(env)
+    policy = FaultPolicy(max_same_error=2)
+    assert policy.record(env) is None
+    again = classify_exit(ENVIRONMENT_ERROR_EXIT, "aimaster: error: etcd at 10.9.8.1:2380 unreachable for 60s")
+    assert "2 times" in policy.record(again)
+
+
+def test_error_messages_are_normalised_before_counting():
+    import uuid
+
+    from aimaster.master.policy import normalise
+
+    def message():
+        attempt = uuid.uuid4().hex
+        return (f"RuntimeError: publish of attempt w3.{attempt[:8]} failed: /tmp/stage-{uuid.uuid4().hex}/{attempt}/"
+                f"out.txt at 10.1.2.{uuid.uuid4().int % 256}:{uuid.uuid4().int % 60000 + 1024} (id {uuid.uuid4()})")
+
+    assert len({normalise(message()) for _ in range(50)}) == 1
+    assert normalise("publish of w7.18121538 failed") == normalise("publish of w1.ab12cd34 failed")
+    assert normalise("etcd at etcd-0.corp:2379 unreachable") == normalise("etcd at [::1]:2380 unreachable")
+    assert normalise("poisoned input d3/f00057.txt") == normalise("poisoned input d1/f00001.txt")
+    # What makes two errors different stays.
+    assert normalise("KeyError: 'x'") != normalise("KeyError: 'y'")
+    assert normalise("OSError: [Errno 5] Input/output error") != normalise("OSError: [Errno 28] No space left")
+    assert "Input/output" in normalise("OSError: [Errno 5] Input/output error")
+
+
+def test_readback_refuses_what_no_aimaster_process_writes():
+    from aimaster.master import readback
+
+    plan = {"kind": "files", "num_items": 25, "slice_size": 10, "num_slices": 3, "width": 6, "chunks": [20, 5],
+            "source": {"base": "/in"}}
+    assert readback.plan_problem(plan) is None
+    assert "does not match" in readback.plan_problem(dict(plan, num_slices=2))
+    assert "chunks" in readback.plan_problem(dict(plan, chunks=[20]))
+    assert "'slice_size' is not" in readback.plan_problem(dict(plan, slice_size=True))
+    assert readback.job_problem({"state": "Running", "generation": 2, "options": {}}) is None
+    assert "state" in readback.job_problem({"state": "Done"})
+    assert "'generation'" in readback.job_problem({"state": "Running", "generation": "2"})
+
+    class Meta:
+        lease_id = 77
+
+    reg = {"host": "h", "pid": 12, "started": 1.0, "ttl": 10, "lease": 77, "slot": 0, "launcher": "master"}
+    assert readback.registration_problem(reg, Meta()) is None
+    Meta.lease_id = 0
+    assert "no lease" in readback.registration_problem(reg, Meta())
+    assert readback.beat_problem({"t": 1.0, "state": "working", "held": ["d/000001"], "slices": 3}) is None
+    assert readback.beat_problem({"held": "d/000001"}) is not None
+    assert readback.stats_problem({"slices": 3, "recent": [0.5, 1], "first": None}) is None
+    assert readback.stats_problem({"copies": "lots"}) is not None
+
+
+def test_the_state_lock_is_exclusive_and_never_stale(tmp_path):
+    import subprocess
+    import sys
+
+    from aimaster.master.state_dir import JobStateDir
+
+    state = JobStateDir(str(tmp_path), "j")
+    with state.etcd_lock(timeout=1):
+        with pytest.raises(Exception, match="has held"):
+            state.etcd_lock(timeout=0.2)
+    # A holder killed with SIGKILL leaves nothing behind.
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from aimaster.master.state_dir import "
+                               f"JobStateDir; JobStateDir({str(tmp_path)!r}, 'j').etcd_lock(); print('held', "
+                               "flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Exception, match=f"pid {holder.pid}"):
+            state.etcd_lock(timeout=0.2)
+    finally:
+        holder.kill()
+        holder.wait()
+    state.etcd_lock(timeout=1).release()
+
+
+def test_sync_restart_backs_each_worker_off_by_its_own_uptime(tmp_path):
+    from aimaster.master.fleet import Fleet
+    from aimaster.master.master import Master, RunOptions
+
+    master = Master(RunOptions(command=["true"], job_id="u", state_root=str(tmp_path)))
+    master.fleet = Fleet(["true"], dict, str(tmp_path), "")
+    veteran, newcomer = _Proc(), _Proc()
+    veteran.slot, veteran.started = 0, time.time() - 600
+    newcomer.slot, newcomer.started = 1, time.time() - 5
+    master.fleet.slots = {0: veteran, 1: newcomer}
+    master.fleet.failures_in_row = {0: 3, 1: 3}
+    master.fleet.stop_all = lambda grace, reason: None  # the processes are stand-ins
+    master._reap = lambda complete: None
+    master._restart_all("signal:9")
+    # Ten minutes up: no crash loop, its back-off starts over; five seconds up: it keeps climbing.
+    assert master.fleet.failures_in_row == {0: 1, 1: 4}
+    assert sorted(master.fleet.pending) == [0, 1]

@@ -74,12 +74,13 @@ def _make_images(directory, n: int):
     return sorted(paths + [broken])
 
 
-def _classifications(output_dir):
-    """{image path: classes in top-5 order, or 'invalid'} from every published slice file."""
+def _classifications(output_dir, expected):
+    """{image path: classes in top-5 order, or 'invalid'} from every published slice file, each of
+    the ``expected`` paths exactly once."""
     result = {}
     lines = read_outputs(str(output_dir))
     paths = [line.split("\t")[0] for line in lines]
-    _exactly_once(paths, set(paths))
+    _exactly_once(paths, expected)
     for line in lines:
         path, top5 = line.split("\t")
         result[path] = top5 if top5 == "invalid" else [part.split(":")[0] for part in top5.split(", ")]
@@ -94,21 +95,21 @@ def test_image_classification_example(tmp_path):
     _run(tmp_path, "images", "image_classification.py", str(inp), str(tmp_path / "a"), "--slice-size", "4",
          "--batch-size", "3", "--num-workers", "2")
     _standalone("image_classification.py", str(inp), str(tmp_path / "b"), "--slice-size", "4", "--num-workers", "0")
-    a, b = _classifications(tmp_path / "a"), _classifications(tmp_path / "b")
-    assert sorted(a) == paths
+    a, b = _classifications(tmp_path / "a", paths), _classifications(tmp_path / "b", paths)
     assert a[str(inp / "broken.png")] == "invalid"
     assert all(len(v) == 5 for k, v in a.items() if not k.endswith("broken.png"))
     assert a == b  # same model, same images: distribution changes nothing
     assert sorted(os.listdir(tmp_path / "a")) == [f"{i:06d}.txt" for i in range(8)]
 
 
-def _table_outputs(warehouse, table):
+def _table_outputs(warehouse, table, expected_ids):
+    """{id: y} of a warehouse output table, each of ``expected_ids`` exactly once."""
     rows = []
     for path in glob.glob(os.path.join(warehouse, "p", "__tables__", table, "*.csv")):
         with open(path) as f:
             rows += [line.strip().split(",") for line in f if line.strip()]
     ids = [int(r[0]) for r in rows]
-    _exactly_once(ids, set(ids))
+    _exactly_once(ids, expected_ids)
     return {int(r[0]): float(r[1]) for r in rows}
 
 
@@ -132,10 +133,11 @@ def test_table_examples_torch_tf_graph_tf_eager_agree(tmp_path):
     _run(tmp_path, "eager", "maxcompute_tf2_eager.py", src, "odps://p/tables/eager_out", "--slice-size", "100",
          env=env)
     expected = {i: (0.0 if x is None else x) * 2.0 + 1.0 for i, x in inputs}
-    torch_out = _table_outputs(str(warehouse), "torch_out")
+    ids = [i for i, _ in inputs]
+    torch_out = _table_outputs(str(warehouse), "torch_out", ids)
     assert torch_out == expected
-    assert _table_outputs(str(warehouse), "graph_out") == torch_out
-    assert _table_outputs(str(warehouse), "eager_out") == torch_out
+    assert _table_outputs(str(warehouse), "graph_out", ids) == torch_out
+    assert _table_outputs(str(warehouse), "eager_out", ids) == torch_out
 
 
 def test_tf_eager_file_pipeline_with_shuffle(tmp_path):

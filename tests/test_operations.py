@@ -183,15 +183,19 @@ def test_python_api_submit_and_poll(tmp_path):
     inp = tmp_path / "in"
     inputs = make_files(str(inp), 30)
     job = submit([sys.executable, program("file_worker.py"), str(inp), str(tmp_path / "out"), "5"], workers=2,
-                 job_id="api", state_dir=str(tmp_path / "s"), env=clean_env())
-    states = set()
+                 job_id="api", state_dir=str(tmp_path / "s"), env=clean_env({"FILE_SLEEP": "0.1"}))
+    states = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         state = job.status()["state"]
-        states.add(state)
+        if not states or states[-1] != state:
+            states.append(state)
         if state in ("Succeeded", "Failed", "Stopped"):
             break
         time.sleep(0.2)
+    # Polled as a user would: the job was seen running (~1.5 s of work), then it ended, in that order.
+    assert states[-1] == "Succeeded" and "Running" in states, states
+    assert states in (["Pending", "Running", "Succeeded"], ["Running", "Succeeded"]), states
     assert job.wait(timeout=60) == "Succeeded"
     assert job.report()["slices"]["committed"] == 6
     assert_exactly_once(str(tmp_path / "out"), inputs)

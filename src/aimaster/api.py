@@ -89,7 +89,7 @@ class Job:
                 report = json.load(f)
         except (OSError, ValueError):
             return None
-        return report if report.get("job_id") == self.job_id else None
+        return report if isinstance(report, dict) and report.get("job_id") == self.job_id else None
 
     def stop(self) -> None:
         """Ask the job's master to stop it cleanly (state Stopped, resumable)."""

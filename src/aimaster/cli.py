@@ -12,7 +12,7 @@ from typing import List, Optional
 import click
 
 from aimaster.data import keys
-from aimaster.data.store import EtcdConfig
+from aimaster.data.store import EtcdConfig, retry_seconds_from_env
 from aimaster.errors import AimasterError, JobError
 from aimaster.master.master import Master, RunOptions, connect
 from aimaster.master.policy import EXECUTION_MODES, POLICIES, FaultPolicy
@@ -35,7 +35,7 @@ def _etcd_config(etcd: Optional[str], user, password, ca, cert, key) -> Optional
     if bool(user) != bool(password):
         raise click.UsageError("--etcd-user and --etcd-password go together")
     return EtcdConfig(EtcdConfig.parse_endpoints(etcd), user=user, password=password, ca_cert=ca,
-                      cert_cert=cert, cert_key=key)
+                      cert_cert=cert, cert_key=key, retry_seconds=retry_seconds_from_env())
 
 
 def etcd_options(f):

@@ -31,7 +31,11 @@ class JobContext:
     standalone: bool
 
 
-USER_ERROR_EXIT = 3  # the master does not relaunch a worker that exits with this code
+# How a worker that dies of an aimaster error tells the master whose fault it was (see
+# aimaster.errors): the input or configuration (no relaunch can help: the job fails at once), or the
+# environment (a relaunch may work: the fault policy decides). 75 is sysexits' EX_TEMPFAIL.
+USER_ERROR_EXIT = 3
+ENVIRONMENT_ERROR_EXIT = 75
 
 _lock = threading.Lock()
 _standalone_etcd: Optional[EmbeddedEtcd] = None
@@ -90,20 +94,32 @@ def _excepthook(exc_type, exc, tb, _previous=sys.excepthook):
     input) is reported failed *with its error* after the bounded number of attempts, and the slices
     go back to the pool now instead of after the lease TTL.
 
-    An uncaught user error (missing input dir, bad meta file...) is one line, not a traceback, and
-    the worker exits with USER_ERROR_EXIT, which tells the master that relaunching it would only fail
-    the same way.
-    """
-    from aimaster.errors import AimasterError
+    The exit code tells the master what to do (see :mod:`aimaster.errors`):
 
-    _release_held(f"{exc_type.__name__}: {exc}".strip())
+    * an aimaster error caused by the input or configuration (missing input dir, bad meta file...)
+      is one line, not a traceback, and exits with USER_ERROR_EXIT: relaunching would only fail the
+      same way;
+    * an environment error (storage, etcd out of reach, a crashed writer child, an I/O error) exits
+      with ENVIRONMENT_ERROR_EXIT: the master relaunches under its fault policy. An aimaster one is
+      one line; a plain ``OSError`` from the program's own code keeps its traceback;
+    * any other exception is the program's own: traceback, exit status 1, as Python does.
+    """
+    from aimaster.errors import AimasterError, EtcdUnavailableError, is_environment_error
+
+    if not isinstance(exc, EtcdUnavailableError):  # else etcd is what failed: the lease frees the slices
+        _release_held(f"{exc_type.__name__}: {exc}".strip())
+    environment = is_environment_error(exc)
     if isinstance(exc, AimasterError):
         print(f"aimaster: error: {exc}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        if _session is not None and _session.pid == os.getpid():
-            _session.close()
-        os._exit(USER_ERROR_EXIT)
-    _previous(exc_type, exc, tb)
+    else:
+        _previous(exc_type, exc, tb)
+        if not environment:
+            return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if _session is not None and _session.pid == os.getpid():
+        _session.close()
+    os._exit(ENVIRONMENT_ERROR_EXIT if environment else USER_ERROR_EXIT)
 
 
 def _release_held(error: str) -> None:

@@ -89,6 +89,8 @@ class EtcdConfig:
         ):
             if value:
                 env[name] = value
+        # The retry window travels too: a worker must ride out the same etcd outage its launcher does.
+        env["AIMASTER_ETCD_RETRY_SECONDS"] = f"{self.retry_seconds:g}"
         return env
 
     @classmethod
@@ -103,8 +105,22 @@ class EtcdConfig:
             ca_cert=environ.get("AIMASTER_ETCD_CA_CERT") or None,
             cert_cert=environ.get("AIMASTER_ETCD_CERT") or None,
             cert_key=environ.get("AIMASTER_ETCD_KEY") or None,
-            retry_seconds=float(environ.get("AIMASTER_ETCD_RETRY_SECONDS", "60")),
+            retry_seconds=retry_seconds_from_env(environ),
         )
+
+
+def retry_seconds_from_env(environ=os.environ, default: float = 60.0) -> float:
+    """``AIMASTER_ETCD_RETRY_SECONDS``: how long every etcd call retries before giving up."""
+    text = environ.get("AIMASTER_ETCD_RETRY_SECONDS", "")
+    if not text.strip():
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"AIMASTER_ETCD_RETRY_SECONDS must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def _make_client(cfg: EtcdConfig) -> MultiEndpointEtcd3Client:

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 from aimaster.data import keys
 from aimaster.data.store import ROOT, EtcdConfig, Store, dumps, job_prefix, loads
-from aimaster.errors import JobError
+from aimaster.errors import EtcdDataError, JobError
 from aimaster.master.state_dir import JobStateDir
 
 CONTROL = "control"
@@ -73,9 +73,14 @@ def list_jobs(cfg: EtcdConfig) -> List[Dict[str, Any]]:
         out = []
         for raw, meta in store.call("list jobs", lambda c: list(c.get_prefix(INDEX))):
             key = meta.key.decode("utf-8", "replace")
-            entry = loads(raw, key)
+            try:
+                entry = loads(raw, key)
+            except EtcdDataError as e:  # one bad entry hides no other job
+                entry = {"state": "Unknown", "error": str(e)}
+            created = entry.get("created")
+            entry["created"] = created if isinstance(created, (int, float)) and not isinstance(created, bool) else None
             out.append(dict(entry, job_id=key[len(INDEX):]))
-        return sorted(out, key=lambda j: j.get("created") or 0)
+        return sorted(out, key=lambda j: j["created"] or 0)
     finally:
         store.close()
 

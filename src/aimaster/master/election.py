@@ -6,6 +6,11 @@ restarted master or a waiting *standby* (``aimaster run --standby``) takes it. E
 master needs is in etcd, so the new one resumes where the old one was. A master that finds the key
 held by another (its own lease lapsed while it was stopped, and a standby took over) steps down
 instead of fighting: two masters would launch workers twice.
+
+A master key that is not a master's record (garbage written by hand) can belong to no live master:
+a master about to start clears it like a dead master's. While a master runs, its key reading back
+as garbage is an :class:`~aimaster.errors.EtcdDataError`, which fails the job (see
+:mod:`aimaster.master.readback`).
 """
 
 from __future__ import annotations
@@ -17,8 +22,22 @@ from typing import Any, Callable, Dict, Optional
 
 from aimaster.data import keys
 from aimaster.data.session import WorkerSession
-from aimaster.data.store import dumps
+from aimaster.data.store import dumps, loads
+from aimaster.errors import EtcdDataError
 from aimaster.master.launcher import pid_alive
+
+
+def _is_master_record(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("host"), str) and isinstance(value.get("pid"), int)
+
+
+def pid_stopped(pid: int) -> bool:
+    """Whether a process is stopped (SIGSTOP, a debugger): its lease may lapse while it is."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
 
 
 class MasterKey:
@@ -29,7 +48,22 @@ class MasterKey:
                                        "started": session.started, "role": role}
 
     def holder(self) -> Optional[Dict[str, Any]]:
-        return self.store.get_value(keys.MASTER)
+        value = self.store.get_value(keys.MASTER)
+        if value is not None and not _is_master_record(value):
+            raise EtcdDataError(f"value at {self.store.key(keys.MASTER)} is not a master's record: {value!r:.80}")
+        return value
+
+    def running_here(self) -> Optional[Dict[str, Any]]:
+        """The holder's record if it is another process running (not stopped) on this host: a live
+        master, which will not go away by waiting for its lease."""
+        try:
+            other = self.holder()
+        except EtcdDataError:
+            return None
+        if other and other.get("host") == self.record["host"] and other["pid"] != os.getpid() \
+                and pid_alive(other["pid"]) and not pid_stopped(other["pid"]):
+            return other
+        return None
 
     def try_take(self) -> bool:
         st, tx = self.store, self.store.tx
@@ -38,18 +72,26 @@ class MasterKey:
             "take master", [tx.version(key) == 0], [tx.put(key, dumps(self.record), lease=lease)]))
         if ok:
             return True
-        if self.is_ours(self.holder()):  # a retried take whose first try did apply
-            return True
-        return False
+        try:
+            return self.is_ours(self.holder())  # a retried take whose first try did apply
+        except EtcdDataError:
+            return False  # garbage in the key: clear_dead_local_holder clears it
 
     def clear_dead_local_holder(self) -> bool:
-        """Delete a master record naming a dead process on this host (its lease may outlive it)."""
+        """Delete a master record naming a dead process on this host (its lease may outlive it), or
+        one that is no master's record at all."""
         st, tx = self.store, self.store.tx
-        other, meta = st.get(keys.MASTER)
-        if other is None:
+        key = st.key(keys.MASTER)
+        raw, meta = st.call(f"get {key}", lambda c: c.get(key))
+        if raw is None:
             return True
-        if other.get("host") == self.record["host"] and isinstance(other.get("pid"), int) \
-                and other["pid"] != os.getpid() and not pid_alive(other["pid"]):
+        try:
+            other = loads(raw, key)
+        except EtcdDataError:
+            other = None
+        if not _is_master_record(other) or (
+                other.get("host") == self.record["host"] and other["pid"] != os.getpid()
+                and not pid_alive(other["pid"])):
             st.txn("clear dead master", [tx.mod(st.key(keys.MASTER)) == meta.mod_revision],
                    [tx.delete(st.key(keys.MASTER))])
             return True

@@ -57,7 +57,10 @@ class EtcdGuard:
             deadline = time.monotonic() + 30
             while not self._stop.is_set():
                 try:
-                    self.etcd = self.state.start_etcd(port=self.port, peer_port=self.peer_port)
+                    # The lock keeps `aimaster status` from starting an etcd of its own on the data
+                    # directory meanwhile (it reads a dead job's state that way).
+                    with self.state.etcd_lock(timeout=10):
+                        self.etcd = self.state.start_etcd(port=self.port, peer_port=self.peer_port)
                     self.pid = self.etcd.process.pid
                     self.restarts += 1
                     break

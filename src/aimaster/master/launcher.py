@@ -250,6 +250,21 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def runs_worker(pid: int, worker_id: str, job_id: str) -> Optional[bool]:
+    """Whether process ``pid`` on this host is worker ``worker_id`` of job ``job_id``, by the
+    environment its launcher gave it (None where that cannot be read: not Linux, another user).
+
+    A registration in etcd names a pid; before adopting it -- and so signalling its process group --
+    the master checks that the pid is that worker, not whatever process a forged record points at.
+    """
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = set(f.read().split(b"\0"))
+    except OSError:
+        return None
+    return f"AIMASTER_WORKER_ID={worker_id}".encode() in env and f"AIMASTER_JOB_ID={job_id}".encode() in env
+
+
 def stop_all(workers: Sequence[Worker], grace: float = 10.0) -> None:
     """SIGTERM every live worker, then SIGKILL whatever is left after ``grace`` seconds."""
     live = [w for w in workers if w.poll() is None]

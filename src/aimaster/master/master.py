@@ -19,6 +19,11 @@ Each round of the control loop (every ``poll_interval`` seconds):
 4. once every slice is committed, start nothing more (early stop), and stop workers still busy
    with attempts that can no longer win;
 5. launch what is due (the initial ramp, relaunches after back-off).
+
+Whatever the master reads back from etcd is validated (:mod:`aimaster.master.readback`): a malformed
+per-worker record is ignored with a warning; a malformed job record, master key or plan ends the
+job Failed, with the key named in the reason and a report, as does any other error that would stop
+the master: a job is never left "Running" by a master that has gone.
 """
 
 from __future__ import annotations
@@ -37,26 +42,27 @@ from aimaster.data.coordinator import Dataset
 from aimaster.data.etcd_server import EmbeddedEtcd
 from aimaster.data.runtime import USER_ERROR_EXIT
 from aimaster.data.session import WorkerSession
-from aimaster.data.store import EtcdConfig, Store, job_prefix
-from aimaster.errors import AimasterError, JobError
-from aimaster.master import control
-from aimaster.master import report as reporting
+from aimaster.data.store import EtcdConfig, Store, job_prefix, retry_seconds_from_env
+from aimaster.errors import AimasterError, EtcdDataError, JobError
+from aimaster.master import control, readback
 from aimaster.master.election import MasterKey
+from aimaster.master.ending import EXIT_CODES, FAILED, PENDING, RUNNING, STOPPED, SUCCEEDED, TERMINAL, JobEnd
 from aimaster.master.etcd_guard import EtcdGuard
 from aimaster.master.fleet import Fleet
 from aimaster.master.hang import HangDetector
-from aimaster.master.launcher import AdoptedWorker, LogOptions, Worker, stop_all
+from aimaster.master.launcher import AdoptedWorker, LogOptions, Worker, runs_worker, stop_all
 from aimaster.master.monitor import JobMonitor, JobView
 from aimaster.master.policy import Failure, FaultPolicy, classify_exit
 from aimaster.master.progress import ProgressDisplay, progress_interval
 from aimaster.master.slowness import SlowWorkerPolicy
 from aimaster.master.state_dir import JobStateDir
+from aimaster.master.sync import SyncRestarts
 from aimaster.master.watch import WorkerWatch
 
-SUCCEEDED, FAILED, STOPPED, RUNNING, PENDING = "Succeeded", "Failed", "Stopped", "Running", "Pending"
-TERMINAL = (SUCCEEDED, FAILED, STOPPED)
-EXIT_CODES = {SUCCEEDED: 0, FAILED: 1, STOPPED: 130}
 STEPPED_DOWN_EXIT = 3
+# An `aimaster join` supervisor, bound to its lease: the master waits for these to leave at the end,
+# so that it does not stop the job's etcd under a joiner still writing its own report.
+JOINERS = "joiners/"
 
 
 @dataclass
@@ -94,12 +100,15 @@ def connect(cfg: EtcdConfig, job_id: str, probe_seconds: float = 5.0) -> Store:
     """A store for the job, failing fast (one line) when etcd is unreachable or refuses us."""
     probe = EtcdConfig(**{**cfg.__dict__, "retry_seconds": probe_seconds})
     store = Store(probe, job_prefix(job_id))
-    store.get(keys.JOB)  # raises EtcdUnavailableError naming the endpoints
+    key = store.key(keys.JOB)
+    # Raises EtcdUnavailableError naming the endpoints. The value is not decoded here: what a
+    # malformed job record means is for the caller to say (the master ends the job, naming it).
+    store.call(f"get {key}", lambda c: c.get(key))
     store.cfg = cfg
     return store
 
 
-class Master:
+class Master(JobEnd):
     def __init__(self, opts: RunOptions, out=sys.stderr):
         self.opts = opts
         self.out = out
@@ -130,24 +139,33 @@ class Master:
         self.metrics = None  # aimaster.metrics.JobMetrics with --metrics-port
         self._commit_revs: Dict[str, int] = {}  # dataset -> highest done/ mod revision fed to the metrics
         self._last_control_check = 0.0
+        self.warnings = readback.Warnings(self._log)
+        self.job_record: Dict[str, Any] = {}  # what we last wrote to `job` (never read back to write)
+        self.is_master = False  # we hold the master key and wrote the job record: the job's end is ours
+        self.sync: Optional[SyncRestarts] = None
+        self._notes: List[str] = []  # said once we know we run the job
+        self._last_sync_check = 0.0
+        self._warned: set = set()
 
     # ------------------------------------------------------------------ setup
     def run(self) -> int:
         self._install_signal_handlers()
         self.state.create()
-        cfg = self._etcd_config()
-        if cfg is None:
-            return EXIT_CODES[STOPPED]
-        self.store = connect(cfg, self.opts.job_id)
-        self.session = WorkerSession(self.store, f"master-{socket.gethostname()}-{os.getpid()}",
-                                     ttl=self.opts.lease_ttl, register=False)
         try:
+            cfg = self._etcd_config()
+            if cfg is None:
+                return EXIT_CODES[STOPPED]
+            self.store = connect(cfg, self.opts.job_id)
+            self.session = WorkerSession(self.store, f"master-{socket.gethostname()}-{os.getpid()}",
+                                         ttl=self.opts.lease_ttl, register=False)
             if self.opts.join_only:
                 self._join_setup()
             else:
                 code = self._become_master()
                 if code is not None:
                     return code
+            for note in self._notes:
+                self._log(note)
             self.display = ProgressDisplay(self.out, interval=progress_interval(), enabled=self.opts.progress)
             if self.opts.metrics_port is not None and not self.opts.join_only:
                 from aimaster.metrics import JobMetrics
@@ -155,6 +173,9 @@ class Master:
                 self.metrics = JobMetrics(self.opts.job_id, self.opts.metrics_port)
                 self._log(f"metrics: http://0.0.0.0:{self.opts.metrics_port}/metrics")
             return self._loop()
+        except Exception as e:
+            self._end_after_crash(e)
+            raise
         finally:
             if self.display is not None:
                 self.display.close()
@@ -173,11 +194,16 @@ class Master:
                     return None
                 endpoint = self.state.running_etcd()
         if endpoint is None:
-            self.etcd = self.state.start_etcd()
-            endpoint = self.etcd.endpoint
-        else:
-            self._log(f"reusing the job's embedded etcd still running at {endpoint}")
-        return EtcdConfig([endpoint])
+            # Under the lock, so that two runs of one job started at once share one etcd: the
+            # second finds the first's running instead of starting another on the same data.
+            with self.state.etcd_lock():
+                endpoint = self.state.running_etcd()
+                if endpoint is None:
+                    self.etcd = self.state.start_etcd()
+                    endpoint = self.etcd.endpoint
+        if self.etcd is None:
+            self._notes.append(f"reusing the job's embedded etcd still running at {endpoint}")
+        return EtcdConfig([endpoint], retry_seconds=retry_seconds_from_env())
 
     def _become_master(self) -> Optional[int]:
         """Take the master key (or stand by for it), then write the job record. An exit code ends the run."""
@@ -186,28 +212,39 @@ class Master:
             code = self._stand_by()
             if code is not None:
                 return code
-        elif not self.key.take(patience=self.opts.lease_ttl * 2 + 2):
+        elif not self.key.take(patience=self.opts.lease_ttl * 2 + 2, give_up=self.key.running_here):
             other = self.key.holder() or {}
-            raise JobError(f"job {self.opts.job_id} already has a running master (pid {other.get('pid')} "
-                           f"on {other.get('host')}); add workers with "
-                           f"'aimaster join --job-id {self.opts.job_id}', or wait with 'aimaster run --standby'")
+            # The embedded etcd, if we started it, serves that master now: it stops it at the end.
+            self.etcd = None
+            raise JobError(f"job {self.opts.job_id} is already running: its master is pid {other.get('pid')} "
+                           f"on {other.get('host')}; add workers with 'aimaster join --job-id {self.opts.job_id}', "
+                           f"or wait with 'aimaster run --standby'")
         if self.opts.etcd is None:
             # The job's embedded etcd is ours now, whether we started it or inherited it from a
             # master that died: keep it alive, and stop it when the job ends.
             self.guard = EtcdGuard(self.state, self.etcd, self._log).start()
-        previous = self.store.get_value(keys.JOB) or {}
+        try:
+            previous = readback.check_job(self.store.get_value(keys.JOB), self.store.key(keys.JOB)) or {}
+        except EtcdDataError as e:
+            previous, bad_record = {}, e
+        else:
+            bad_record = None
         if previous.get("state") == SUCCEEDED:
             self._log(f"job {self.opts.job_id} already succeeded; nothing to do")
             return 0
-        self.generation = int(previous.get("generation", 0) or 0) + 1
+        self.generation = previous.get("generation", 0) + 1
         # A stop request was for the run it stopped; this run starts afresh.
         control.clear_stop(self.store)
         # With --min-workers above 1 the job is Pending until that many workers are registered.
         self.job_state = PENDING if self.opts.min_workers > 1 else RUNNING
+        self.job_record = dict(previous)
+        self.is_master = True
         self._write_job(self.job_state, command=self.opts.command, workers=self.opts.workers,
                         generation=self.generation, resumed=bool(previous),
                         created=previous.get("created", self.started), ended=None, reason=None,
                         min_workers=self.opts.min_workers, options=self._job_options())
+        if bad_record is not None:
+            return self._fail_on_bad_record(bad_record)
         if previous:
             self._log(f"resuming job {self.opts.job_id} (run {self.generation})")
         return None
@@ -226,7 +263,11 @@ class Master:
                     break
                 if self.key.clear_dead_local_holder():
                     continue
-                job = st.get_value(keys.JOB) or {}
+                try:
+                    job = readback.check_job(st.get_value(keys.JOB), st.key(keys.JOB)) or {}
+                except EtcdDataError as e:
+                    self.warnings.note([(st.key(keys.JOB), 0, str(e))])
+                    job = {}
                 ended = job.get("ended")
                 if job.get("state") in TERMINAL and isinstance(ended, (int, float)) and ended > self.started:
                     self._log(f"standby: job {self.opts.job_id} ended ({job['state']}) under the active master")
@@ -238,8 +279,15 @@ class Master:
         return None
 
     def _join_setup(self) -> None:
-        """`aimaster join`: follow the job's own settings (hang detection, speculation) for our workers."""
-        options = (self.store.get_value(keys.JOB) or {}).get("options") or {}
+        """`aimaster join`: follow the job's own settings (hang detection, speculation, fault policy)."""
+        me = f"{JOINERS}{socket.gethostname()}-{os.getpid()}"
+        self.session.leased(lambda lease: self.store.put(me, {"pid": os.getpid(), "t": time.time()}, lease=lease))
+        try:
+            record = self.store.get_value(keys.JOB)
+            options = (readback.check_job(record, self.store.key(keys.JOB)) or {}).get("options") or {}
+        except EtcdDataError as e:
+            self._log(f"warning: ignoring {e}; following this command's own settings")
+            options = {}
         o = self.opts
         if isinstance(options.get("hang_detection"), bool) and not o.hang_detection:
             o.hang_detection = options["hang_detection"]
@@ -249,6 +297,12 @@ class Master:
         for name in ("speculation", "speculation_multiplier", "max_slice_copies", "max_slice_attempts"):
             if name in options and isinstance(options[name], type(getattr(o, name))):
                 setattr(o, name, options[name])
+        try:  # Sync mode restarts every machine's workers: a joiner must know the job runs in it
+            o.policy = FaultPolicy(options.get("execution_mode", o.policy.execution_mode),
+                                   options.get("fault_tolerant_policy", o.policy.policy),
+                                   options.get("max_num_of_same_error", o.policy.max_same_error))
+        except (AimasterError, TypeError):
+            self._log("warning: ignoring the job's malformed fault policy options")
         self.generation = int(time.time()) % 100000
 
     def _job_options(self) -> Dict[str, Any]:
@@ -260,9 +314,12 @@ class Master:
                 "fault_tolerant_policy": o.policy.policy, "max_num_of_same_error": o.policy.max_same_error}
 
     def _write_job(self, state: str, **extra: Any) -> None:
-        record = dict(self.store.get_value(keys.JOB) or {})
+        # From what we wrote last, never from what reads back: a value written over ours by hand
+        # must not leak into the job's record (nor stop us recording its end).
+        record = dict(self.job_record)
         record.update({"state": state, "updated": time.time()}, **extra)
         self.store.put(keys.JOB, record)
+        self.job_record = record
         try:
             control.index_job(self.store, self.opts.job_id, record)
         except Exception as e:  # noqa: BLE001 - the index is for listing jobs; the job itself goes on
@@ -289,54 +346,78 @@ class Master:
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> int:
         opts = self.opts
-        self.watch = WorkerWatch(self.store)
+        self.watch = WorkerWatch(self.store, warnings=self.warnings)
         # Worker ids stay unique across master restarts and joins (stats are kept per worker id).
         suffix = f"g{self.generation}" if self.generation > 1 or opts.join_only else ""
         self.fleet = Fleet(opts.command, self._etcd_env, self.state.logs, suffix,
                            logs=LogOptions(opts.log_max_bytes, opts.log_backups, opts.tee))
-        view = self._view()
-        self.watch.refresh(self._ds_ids(view))
-        if not opts.join_only:
-            self._adopt()
-        if view.all_complete:
-            self._log("all slices are already committed; no worker is started")
-        else:
-            free = [s for s in range(opts.workers) if s not in self.fleet.slots]
-            for i, slot in enumerate(free):
-                self.fleet.schedule(slot, i * opts.launch_interval, "start")
-        while True:
-            self._check_control()
-            if self.stop_requested.is_set():
-                self._log("stopping: terminating workers (the job can be resumed with the same --job-id)")
-                self.fleet.stop_all(opts.stop_grace, "stopped")
-                self._reap(False)
-                return self._finish(STOPPED)
-            if self.key is not None and self.key.still_ours() is False:
-                self.stepped_down = True
-                self._log(f"another master took over job {opts.job_id}; stepping down (the workers keep running)")
-                return STEPPED_DOWN_EXIT
+        if opts.policy.execution_mode == "Sync":
+            self.sync = SyncRestarts(self.store, self.session.worker_id, self._log)
+        try:
             view = self._view()
-            departed = self.watch.refresh(self._ds_ids(view))
-            complete = view.all_complete
-            self._note_job_state(view)
-            code = self._reap(complete)
-            if code is not None:
-                return code
-            for info in departed:
-                self._give_back_held(info.held)
-            if not complete:
-                self._detect_hangs()
-                self._replace_slow(view)
-            self._retire_replaced()
-            if complete:
-                self._stop_moot()
-            self._requeue_lost(view)
-            self._launch_due(complete)
-            self.fleet.tick()
-            self._show(view)
-            if self._over(view):
-                return self._finish(self._final_state(view))
-            time.sleep(opts.poll_interval)
+            self.watch.refresh(self._ds_ids(view))
+            if not opts.join_only:
+                self._adopt()
+            if view.all_complete:
+                self._log("all slices are already committed; no worker is started")
+            else:
+                free = [s for s in range(opts.workers) if s not in self.fleet.slots]
+                for i, slot in enumerate(free):
+                    self.fleet.schedule(slot, i * opts.launch_interval, "start")
+            while True:
+                code = self._round()
+                if code is not None:
+                    return code
+                time.sleep(opts.poll_interval)
+        except EtcdDataError as e:
+            if opts.join_only:
+                raise  # a joiner runs no job of its own to fail: it stops, saying why
+            return self._fail_on_bad_record(e)
+
+    def _round(self) -> Optional[int]:
+        """One round of the control loop; an exit code ends the run."""
+        opts = self.opts
+        self._check_control()
+        if self.stop_requested.is_set():
+            self._log("stopping: terminating workers (the job can be resumed with the same --job-id)")
+            self.fleet.stop_all(opts.stop_grace, "stopped")
+            self._reap(False)
+            return self._finish(STOPPED)
+        if self.key is not None and self.key.still_ours() is False:
+            self.stepped_down = True
+            self._log(f"another master took over job {opts.job_id}; stepping down (the workers keep running)")
+            return STEPPED_DOWN_EXIT
+        view = self._view()
+        self._check_job_record(view)
+        departed = self.watch.refresh(self._ds_ids(view))
+        complete = view.all_complete
+        self._note_job_state(view)
+        self._follow_sync_restarts(complete)
+        code = self._reap(complete)
+        if code is not None:
+            return code
+        for info in departed:
+            self._give_back_held(info.held)
+        if not complete:
+            self._detect_hangs()
+            self._replace_slow(view)
+        self._retire_replaced()
+        if complete:
+            self._stop_moot()
+        self._requeue_lost(view)
+        self._launch_due(complete)
+        self.fleet.tick()
+        self._show(view)
+        if self._over(view):
+            return self._finish(self._final_state(view))
+        return None
+
+    def _stop_workers(self) -> None:
+        if self.fleet is None:
+            return
+        self.fleet.pending.clear()
+        self.fleet.stop_all(self.opts.stop_grace, "stopped")
+        self._reap(True)
 
     def _check_control(self) -> None:
         """``aimaster stop`` from anywhere: a request in etcd, handled like Ctrl-C (checked about once a second)."""
@@ -436,15 +517,13 @@ class Master:
             # Bad input or configuration: every relaunch would fail the same way.
             self.fail_reason = failure.message[len("aimaster: error: "):]
             self._log(f"worker {w.worker_id}: {failure.message}")
-            self.fleet.stop_all(opts.stop_grace, "stopped")
-            self._reap(True)
+            self._stop_workers()
             return self._finish(FAILED)
         self._log(f"worker {w.worker_id} (pid {w.pid}) {failure.describe()}")
         reason = opts.policy.record(failure)
         if reason is not None:
             self.fail_reason = reason
-            self.fleet.stop_all(opts.stop_grace, "stopped")
-            self._reap(True)
+            self._stop_workers()
             return self._finish(FAILED)
         self._relaunch(w, failure)
         return None
@@ -460,9 +539,7 @@ class Master:
         if error:
             for ref in held:
                 ds_id, sid = ref.split("/", 1)
-                ds = self._dataset(ds_id)
-                if ds is not None:
-                    ds.record_error(sid, w.worker_id, error)
+                self._on_slice(ds_id, sid, lambda ds, sid=sid: ds.record_error(sid, w.worker_id, error))
         if not w.adopted:
             try:  # whatever the worker forked (DataLoader workers) goes with it
                 os.killpg(w.pid, signal.SIGKILL)
@@ -480,32 +557,60 @@ class Master:
     def _give_back_held(self, held: List[str]) -> None:
         for ref in held:
             ds_id, sid = ref.split("/", 1)
+            self._on_slice(ds_id, sid, lambda ds, sid=sid: ds.requeue(sid))
+
+    def _on_slice(self, ds_id: str, sid: str, action) -> None:
+        """Record an error against a slice or hand it back: a dead worker's slices come back by their
+        lease anyway, so a malformed record of that slice is warned about, never fatal here."""
+        try:
             ds = self._dataset(ds_id)
             if ds is not None:
-                ds.requeue(sid)
+                action(ds)
+        except EtcdDataError as e:
+            self._warn_once(f"slice {ds_id}/{sid}: {e}")
 
     def _relaunch(self, w: Worker, failure: Failure) -> None:
         cause = failure.cause
         self.relaunches[cause] = self.relaunches.get(cause, 0) + 1
-        uptime = (w.ended or time.time()) - w.started
-        if self.opts.policy.execution_mode == "Sync":
-            # Sync: the job's workers run as one group; a failure restarts all of them.
-            others = self.fleet.live()
-            self.fleet.stop_all(self.opts.stop_grace, "sync")
-            self._reap(False)
-            for other in others:
-                self.fleet.schedule_relaunch(other.slot, cause, uptime)
-        self.fleet.schedule_relaunch(w.slot, cause, uptime)
+        if self.sync is not None:
+            # Sync: the job's workers run as one group; a failure restarts all of them, everywhere.
+            epoch = self.sync.bump(cause)
+            self._log(f"--job-execution-mode=Sync: restarting every worker of the job (restart {epoch})")
+            self._restart_all(cause)
+        self.fleet.schedule_relaunch(w.slot, cause, _uptime(w))
+
+    def _restart_all(self, cause: str) -> None:
+        """Stop every worker we supervise and relaunch each in its slot, backing off by its own uptime."""
+        owners = {w.slot: w for w in self.fleet.slots.values() if w.poll() is None}
+        self.fleet.stop_all(self.opts.stop_grace, "sync")
+        self._reap(False)
+        for slot, w in sorted(owners.items()):
+            self.fleet.schedule_relaunch(slot, cause, _uptime(w))
+
+    def _follow_sync_restarts(self, complete: bool) -> None:
+        """Sync mode: another supervisor of the job (a joiner, the master) restarted its workers."""
+        if self.sync is None or complete or time.monotonic() - self._last_sync_check < 1.0:
+            return
+        self._last_sync_check = time.monotonic()
+        record = self.sync.newer()
+        if record is not None:
+            self._log(f"--job-execution-mode=Sync: {record.get('by')} restarted the job's workers "
+                      f"(restart {record.get('epoch')}, {record.get('cause')}): restarting ours")
+            self._restart_all(str(record.get("cause") or "sync"))
 
     def _adopt(self) -> None:
         """Take over the workers a previous master of this job launched and that still run."""
         for wid, info in sorted(self.watch.workers.items()):
-            rec = info.record
+            rec = info.record  # validated (readback.registration_problem): slot and pid are integers
             if not info.registered or rec.get("launcher") != "master" or not isinstance(rec.get("slot"), int):
                 continue
             w = AdoptedWorker(wid, rec, self.state.logs, self.watch.registered)
             if w.poll() is not None:  # died with the old master; its lease just has not expired yet
                 self._give_back(w, None)
+                continue
+            if w.local and runs_worker(w.pid, wid, self.opts.job_id) is False:
+                self._warn_once(f"not adopting {wid}: its registration names pid {w.pid}, which is no worker of "
+                                f"job {self.opts.job_id}")
                 continue
             if w.slot in self.fleet.slots:
                 self.fleet.extra.append(w)
@@ -594,18 +699,26 @@ class Master:
                 self._log(f"relaunched slot {w.slot} as {w.worker_id} (pid {w.pid})")
 
     def _complete_now(self) -> bool:
-        datasets = JobMonitor(self.store, self.opts.job_id).datasets()
+        datasets = self._monitor().datasets()
         return bool(datasets) and all(d.complete for d in datasets)
 
     def _over(self, view: JobView) -> bool:
         if self.fleet.live() or self.fleet.pending:
             return False
-        if self.opts.join_only or view.all_complete:
+        if self.opts.join_only:
             return True
+        ours = {w.worker_id for w in self.fleet.all()}
+        others = any(info.registered for wid, info in self.watch.workers.items() if wid not in ours)
+        if view.all_complete:
+            # Workers that joined from elsewhere see the end by themselves within moments (one may be
+            # just starting), then their supervisor writes its report: stopping the job's etcd under
+            # them would leave them retrying into an error.
+            since = self._complete_since if self._complete_since is not None else time.monotonic()
+            waiting = others or self.store.count(JOINERS) > 0
+            return not waiting or time.monotonic() - since > self.opts.lease_ttl + 5
         if self.opts.workers == 0:
             return False  # a master for workers that join from elsewhere waits for them
-        ours = {w.worker_id for w in self.fleet.all()}
-        return not any(info.registered for wid, info in self.watch.workers.items() if wid not in ours)
+        return not others
 
     def _note_job_state(self, view: JobView) -> None:
         if self.opts.join_only or self.job_state != PENDING:
@@ -617,8 +730,12 @@ class Master:
                 self._log(f"{view.alive_workers} workers registered (--min-workers {self.opts.min_workers}): "
                           f"job running")
 
-    def _view(self) -> JobView:
-        return JobMonitor(self.store, self.opts.job_id).view()
+    def _monitor(self) -> JobMonitor:
+        return JobMonitor(self.store, self.opts.job_id, dataset=self._dataset, warnings=self.warnings)
+
+    def _view(self, strict: bool = True) -> JobView:
+        # A joiner runs no job of its own: what it cannot read it leaves out, and goes on.
+        return self._monitor().view(strict=strict and not self.opts.join_only)
 
     @staticmethod
     def _ds_ids(view: JobView) -> List[str]:
@@ -632,9 +749,12 @@ class Master:
         for d in view.datasets:
             if d.complete or d.todo > 0:
                 continue
-            ds = self._dataset(d.ds_id)
-            if ds is not None:
-                ds.requeue_lost()
+            try:
+                ds = self._dataset(d.ds_id)
+                if ds is not None:
+                    ds.requeue_lost()
+            except EtcdDataError as e:  # a malformed slice record; waiting workers sweep too
+                self._warn_once(f"requeueing lost slices of dataset {d.ds_id}: {e}")
 
     def _dataset(self, ds_id: str) -> Optional[Dataset]:
         if ds_id not in self._datasets:
@@ -644,72 +764,10 @@ class Master:
             self._datasets[ds_id] = ds
         return self._datasets[ds_id]
 
-    def _final_state(self, view: JobView) -> str:
-        if view.failed:
-            self.fail_reason = f"{view.failed} slice(s) failed"
-            return FAILED
-        if view.datasets and not view.all_complete:
-            self.fail_reason = (f"all workers exited but {view.total - view.done} slice(s) are not committed "
-                                f"(re-run with --job-id {self.opts.job_id} to resume)")
-            return FAILED
-        bad = [h for h in self.history if h.get("error")]
-        if not view.datasets and bad:
-            self.fail_reason = f"worker {bad[-1]['worker']} {bad[-1]['error']}"
-            return FAILED
-        return SUCCEEDED
-
-    # ------------------------------------------------------------------ the end
-    def _finish(self, state: str) -> int:
-        view = self._view()
-        if state == SUCCEEDED or (state == FAILED and view.all_complete):
-            _import_sinks()
-            for d in view.datasets:
-                ds = self._dataset(d.ds_id)
-                if ds is not None:
-                    ds.finalize()
-        report = self._report(state, view)
-        self.state.write_json(self.state.report, report)
-        if not self.opts.join_only:
-            self._write_job(state, ended=time.time(), reason=self.fail_reason)
-        for line in reporting.summary_lines(report, self.state.report):
-            print(line, file=self.out, flush=True)
-        return EXIT_CODES[state]
-
-    def _report(self, state: str, view: JobView) -> Dict[str, Any]:
-        failed, committed = [], []
-        for d in view.datasets:
-            ds = self._dataset(d.ds_id)
-            if ds is None:
-                continue
-            committed += list(ds.committed())
-            for sid, rec in ds.failed():
-                failed.append({"dataset": d.ds_id, "slice": sid, "error": rec.get("e"), "attempts": rec.get("a")})
-        stats = {wid: info.stats for wid, info in self.watch.workers.items()} if self.watch else {}
-        workers = reporting.worker_rows(view, stats)
-        attempts = reporting.attempts_summary(committed)
-        ended = time.time()
-        return {
-            "job_id": self.opts.job_id,
-            "state": state,
-            "reason": self.fail_reason,
-            "command": self.opts.command,
-            "started": self.started,
-            "ended": ended,
-            "duration_s": round(ended - self.started, 3),
-            "generation": self.generation,
-            "slices": {"total": view.total, "committed": view.done, "failed": view.failed},
-            "attempts": attempts,
-            "speculation": reporting.speculation_summary(workers, attempts["copies_won_slices"]),
-            "datasets": view.to_json()["datasets"],
-            "failed_slices": failed,
-            "relaunches": dict(self.relaunches),
-            "replaced_slow": list(self.replaced),
-            "adopted": list(self.adopted),
-            "launched": self.fleet.launched if self.fleet else 0,
-            "etcd_restarts": self.guard.restarts if self.guard else 0,
-            "worker_exits": self.history,
-            "workers": workers,
-        }
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            self._log(f"warning: {message}")
 
     def _log(self, message: str) -> None:
         if self.display is not None:
@@ -756,13 +814,5 @@ class Master:
                 pass
 
 
-def _import_sinks() -> None:
-    """Make every output sink kind rebuildable here: the master may be the one to finalize a dataset
-    (when the last slice ended by failing, no worker saw the dataset complete)."""
-    import importlib
-
-    for module in ("aimaster.io.files", "aimaster.io.tables"):
-        try:
-            importlib.import_module(module)
-        except ImportError:  # an optional dependency missing: that kind cannot be in this job either
-            pass
+def _uptime(w: Worker) -> float:
+    return (w.ended or time.time()) - w.started

@@ -1,19 +1,27 @@
 """A read-only view of a job in etcd: datasets, slice counts, workers, throughput.
 
 Used by the master's loop and by ``aimaster status`` from any machine that reaches etcd, so both
-show the same numbers.
+show the same numbers. Every value is validated as it is read (:mod:`aimaster.master.readback`):
+a malformed per-worker record is left out (and listed in :attr:`JobView.ignored`); a malformed job
+record or plan raises :class:`~aimaster.errors.EtcdDataError` naming its key, unless the view is
+read with ``strict=False`` (the master's last look, to write the report of a job failing for it).
+
+The master passes its own :class:`~aimaster.data.coordinator.Dataset` objects (``dataset``): the
+slice counts are then the dataset's own (validated) completion, and a plan that differs from the
+one the master first attached to is refused.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from aimaster.data import keys
 from aimaster.data.keys import DatasetKeys
-from aimaster.data.store import Store
+from aimaster.data.store import Store, dumps
 from aimaster.errors import EtcdDataError
+from aimaster.master import readback
 
 
 @dataclass
@@ -60,6 +68,7 @@ class JobView:
     datasets: List[DatasetView] = field(default_factory=list)
     workers: List[WorkerView] = field(default_factory=list)
     time: float = field(default_factory=time.time)
+    ignored: List[str] = field(default_factory=list)  # values left out, each with why
 
     @property
     def state(self) -> str:
@@ -98,6 +107,7 @@ class JobView:
             "datasets": [dict(asdict(d), complete=d.complete) for d in self.datasets],
             "workers": [dict(asdict(w), rate=round(w.rate, 3)) for w in self.workers],
             "time": self.time,
+            "ignored": list(self.ignored),
         }
 
 
@@ -110,12 +120,16 @@ def _num(value: Any) -> Optional[float]:
 
 
 class JobMonitor:
-    def __init__(self, store: Store, job_id: str):
+    def __init__(self, store: Store, job_id: str, dataset: Optional[Callable[[str], Any]] = None,
+                 warnings: Optional[readback.Warnings] = None):
         self.store = store
         self.job_id = job_id
+        self.dataset = dataset  # ds id -> the caller's attached Dataset (None: not planned yet)
+        self.warnings = warnings or readback.Warnings()
 
     def job_record(self) -> Dict[str, Any]:
-        return self.store.get_value(keys.JOB) or {}
+        key = self.store.key(keys.JOB)
+        return readback.check_job(self.store.get_value(keys.JOB), key) or {}
 
     def dataset_ids(self) -> List[str]:
         ids = []
@@ -125,41 +139,69 @@ class JobMonitor:
                 ids.append(parts[0])
         return ids
 
-    def datasets(self) -> List[DatasetView]:
+    def datasets(self, strict: bool = True) -> List[DatasetView]:
         out = []
         for ds_id in self.dataset_ids():
-            k = DatasetKeys(ds_id)
-            plan = self.store.get_value(k.plan)
-            if not plan:
+            try:
+                view = self._dataset_view(ds_id)
+            except EtcdDataError as e:
+                if strict:
+                    raise
+                self.warnings.current.append(str(e))
                 continue
-            if not isinstance(plan.get("num_slices"), int):
-                raise EtcdDataError(f"value at {self.store.key(k.plan)} has no valid num_slices")
-            st = self.store
-            out.append(DatasetView(
-                ds_id=ds_id, kind=str(plan.get("kind")), total=plan["num_slices"],
-                items=_int(plan.get("num_items")),
-                done=st.count(k.done), failed=st.count(k.failed), running=st.count(k.claim),
-                todo=st.count(k.todo), finalized=st.get_value(k.finalized) is not None,
-            ))
+            if view is not None:
+                out.append(view)
         return out
 
+    def _dataset_view(self, ds_id: str) -> Optional[DatasetView]:
+        k = DatasetKeys(ds_id)
+        st = self.store
+        plan = st.get_value(k.plan)
+        if not plan:
+            return None
+        readback.check_plan(plan, st.key(k.plan))
+        ds = self.dataset(ds_id) if self.dataset is not None else None
+        if ds is not None:
+            if dumps(ds.plan) != dumps(plan):
+                raise EtcdDataError(f"value at {st.key(k.plan)} changed after the dataset was planned "
+                                    f"(a plan never changes)")
+            counts = ds.counts()
+        else:
+            counts = {"done": st.count(k.done), "failed": st.count(k.failed), "running": st.count(k.claim),
+                      "todo": st.count(k.todo)}
+        return DatasetView(
+            ds_id=ds_id, kind=plan["kind"], total=plan["num_slices"], items=plan["num_items"],
+            done=counts["done"], failed=counts["failed"], running=counts["running"], todo=counts["todo"],
+            finalized=st.count(k.finalized) > 0,
+        )
+
     def workers(self) -> List[WorkerView]:
-        alive = {}
-        for rel, value, _ in self.store.range(keys.WORKERS):
-            alive[rel[len(keys.WORKERS):]] = value
+        regs, refused = readback.read_prefix(self.store, keys.WORKERS, readback.registration_problem)
+        stats, refused_stats = readback.read_prefix(self.store, keys.STATS, readback.stats_problem)
+        self.warnings.note(refused + refused_stats)
         views: Dict[str, WorkerView] = {}
-        for rel, value, _ in self.store.range(keys.STATS):
-            wid = rel[len(keys.STATS):]
+        for wid, (value, _) in stats.items():
             views[wid] = WorkerView(
-                worker_id=wid, alive=wid in alive, host=str(value.get("host", "")), pid=_int(value.get("pid")),
+                worker_id=wid, alive=wid in regs, host=str(value.get("host", "")), pid=_int(value.get("pid")),
                 slices=_int(value.get("slices")), items=_int(value.get("items")), first=_num(value.get("first")),
                 last=_num(value.get("last")), started=_num(value.get("started")),
             )
-        for wid, value in alive.items():
+        for wid, (value, _) in regs.items():
             if wid not in views:
-                views[wid] = WorkerView(worker_id=wid, alive=True, host=str(value.get("host", "")),
-                                        pid=_int(value.get("pid")), started=_num(value.get("started")))
+                views[wid] = WorkerView(worker_id=wid, alive=True, host=value["host"], pid=value["pid"],
+                                        started=_num(value.get("started")))
         return sorted(views.values(), key=lambda w: w.worker_id)
 
-    def view(self) -> JobView:
-        return JobView(self.job_id, self.job_record(), self.datasets(), self.workers())
+    def view(self, strict: bool = True) -> JobView:
+        """The job now. ``strict=False``: a malformed job record or plan is left out, not raised."""
+        self.warnings.current = []
+        try:
+            job = self.job_record()
+        except EtcdDataError as e:
+            if strict:
+                raise
+            self.warnings.current.append(str(e))
+            job = {}
+        datasets = self.datasets(strict)
+        workers = self.workers()
+        return JobView(self.job_id, job, datasets, workers, ignored=list(self.warnings.current))

@@ -7,16 +7,21 @@
     resource problem; a plain Python exception in user code fails the job at once;
   * ``Never``: the first worker failure fails the job.
 ``--max-num-of-same-error N``: the same failure (same kind, code and last error line) N times fails
-the job, so a bug that kills every worker does not relaunch forever.
+the job, so a bug that kills every worker does not relaunch forever. "The same" is decided on the
+message with what differs between occurrences of one error masked (:func:`normalise`): attempt and
+random ids, numbers, paths, addresses.
 ``--job-execution-mode``: ``Async`` relaunches only the failed worker; ``Sync`` restarts every worker.
 
 A failure is classified from what the master can see of a dead worker: its exit code, or the signal
 that killed it (an exit code of 128+N from a shell wrapper counts as signal N), whether the kernel's
 OOM killer fired meanwhile (read from the cgroup's ``memory.events``; where that is unavailable, a
 SIGKILL the master did not send is reported as *possibly* OOM: kernel logs are not readable from
-here), and the last line it wrote to stderr. The master's own kills are their own kinds: ``hang``
-(no progress for ``--job-hang-interval``) and ``lost`` (an adopted worker that vanished; its exit
-status belonged to the previous master).
+here), and the last line it wrote to stderr. A worker that died of an aimaster *environment* error
+(storage, etcd out of reach, a crashed writer child: see :mod:`aimaster.errors`) exits with
+``ENVIRONMENT_ERROR_EXIT`` and counts as transient under every policy but ``Never``; one that exits
+with ``USER_ERROR_EXIT`` is never relaunched (the master fails the job before asking the policy).
+The master's own kills are their own kinds: ``hang`` (no progress for ``--job-hang-interval``) and
+``lost`` (an adopted worker that vanished; its exit status belonged to the previous master).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
+from aimaster.data.runtime import ENVIRONMENT_ERROR_EXIT
 from aimaster.errors import ConfigError
 
 EXECUTION_MODES = ("Async", "Sync")
@@ -45,7 +51,7 @@ class Failure:
 
     @property
     def signature(self) -> str:
-        return f"{self.kind}:{self.code}:{_normalise(self.message)}"
+        return f"{self.kind}:{self.code}:{normalise(self.message)}"
 
     @property
     def cause(self) -> str:
@@ -66,13 +72,21 @@ class Failure:
             head = f"hung (no progress for {self.code}s) and was killed"
         elif self.kind == "lost":
             head = "vanished (adopted from a previous master; exit status unknown)"
+        elif self.environment:
+            head = f"exited with code {self.code} (an environment error)"
         else:
             head = f"exited with code {self.code}"
         return f"{head}: {self.message}" if self.message else head
 
     @property
+    def environment(self) -> bool:
+        """The worker said so itself: it died of an environment error (see aimaster.errors)."""
+        return self.kind == "exit" and self.code == ENVIRONMENT_ERROR_EXIT
+
+    @property
     def transient(self) -> bool:
-        return self.kind in ("signal", "hang", "lost") or bool(_TRANSIENT_MSG.search(self.message or ""))
+        return self.kind in ("signal", "hang", "lost") or self.environment or \
+            bool(_TRANSIENT_MSG.search(self.message or ""))
 
 
 def _signal_name(num: int) -> str:
@@ -82,9 +96,32 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
-def _normalise(message: str) -> str:
-    # Numbers (pids, slice ids, addresses) differ between occurrences of the same error.
-    return re.sub(r"0x[0-9a-f]+|\d+", "N", message or "")[:300]
+# What differs between two occurrences of one error, most specific first (each replaced by a tag).
+_VARIABLE = [
+    (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I), "<id>"),
+    # host:port, IPv4 with or without a port, bracketed IPv6
+    (re.compile(r"\[[0-9a-f:.]+\](?::\d+)?|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b|"
+                r"\b[A-Za-z][\w.-]*:\d{2,5}\b", re.I), "<addr>"),
+    # URLs and paths: absolute, ~/..., ./..., or relative with two separators or a file extension
+    # (so that "I/O" and "and/or" stay words)
+    (re.compile(r"\b[a-z][a-z0-9+.-]*://\S+|(?<![\w.])(?:~|\.{1,2})?(?:/[^\s'\"`:;,()\[\]{}<>]+)+/?|"
+                r"\b[\w.-]+(?:/[\w.~-]+){2,}/?|\b[\w.-]+/[\w~-]*\.[\w.~-]+", re.I), "<path>"),
+    # numbers and whatever holds a digit and is 6+ long (an attempt id, a hash, a random name): one
+    # tag, since a random hex id is now and then all digits
+    (re.compile(r"\b0x[0-9a-f]+\b|\b(?=[\w-]*\d)[\w-]{6,}\b|\d+", re.I), "N"),
+]
+
+
+def normalise(message: str) -> str:
+    """An error message with what varies between occurrences of the same error masked.
+
+    Random attempt ids, pids, slice ids, byte counts, temporary paths and the addresses of
+    whatever was unreachable differ from one failure to the next; the error does not.
+    """
+    text = message or ""
+    for pattern, tag in _VARIABLE:
+        text = pattern.sub(tag, text)
+    return text[:300]
 
 
 def classify_exit(returncode: int, last_error_line: str = "", oom: Optional[bool] = None) -> Failure:

@@ -6,18 +6,28 @@ Layout (default root ``./.aimaster``, or ``--state-dir`` / ``$AIMASTER_STATE_DIR
     <root>/jobs/<job-id>/etcd.json      endpoint and pid of the embedded etcd while it runs
     <root>/jobs/<job-id>/logs/          one stdout/stderr log per worker slot
     <root>/jobs/<job-id>/report.json    the job report, written when the job ends
+    <root>/jobs/<job-id>/etcd.lock      held while a process finds or starts the embedded etcd
 
 Keeping etcd's data here is what makes a job resumable after everything was killed: re-running with
 the same job id restarts etcd on the same data, and committed slices are never redone.
+
+Only one etcd may ever run on the data directory. Whoever may start one -- a master, the master's
+etcd guard restarting it, ``aimaster status`` reading a finished job -- first takes ``etcd.lock``,
+looks for a running one and starts one only if there is none: two ``aimaster run`` of one job
+started at once then share one etcd (and one of them becomes the master), instead of both starting
+one and the loser's being left running on the data directory, on a port nobody knows.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import time
 from typing import Any, Dict, Optional
 
 from aimaster.data.etcd_server import EmbeddedEtcd, _port_open, free_port
+from aimaster.errors import JobError
 
 
 def default_root() -> str:
@@ -33,6 +43,7 @@ class JobStateDir:
         self.etcd_info = os.path.join(self.path, "etcd.json")
         self.logs = os.path.join(self.path, "logs")
         self.report = os.path.join(self.path, "report.json")
+        self.lock_path = os.path.join(self.path, "etcd.lock")
 
     def create(self) -> JobStateDir:
         os.makedirs(self.logs, exist_ok=True)
@@ -57,6 +68,15 @@ class JobStateDir:
         os.replace(tmp, path)
 
     # -- embedded etcd ------------------------------------------------------------------------
+    def etcd_lock(self, timeout: float = 60.0) -> StateLock:
+        """The job's etcd lock, held (a context manager); JobError if it stays taken ``timeout`` s."""
+        os.makedirs(self.path, exist_ok=True)
+        lock = StateLock(self.lock_path)
+        if not lock.acquire(timeout):
+            raise JobError(f"another process (pid {lock.holder() or '?'}) has held {self.lock_path} for "
+                           f"{timeout:.0f}s; is it stuck starting job {self.job_id}'s etcd?")
+        return lock
+
     def running_etcd(self) -> Optional[str]:
         """Endpoint of this job's embedded etcd if it is still running (a previous master died)."""
         info = self.read_json(self.etcd_info)
@@ -94,3 +114,50 @@ class JobStateDir:
         self.write_json(self.etcd_info, {"pid": etcd.process.pid, "port": etcd.client_port,
                                          "peer_port": etcd.peer_port})
         return etcd
+
+
+class StateLock:
+    """An exclusive ``flock`` on a file. The kernel drops it when its holder exits, however it
+    exits (SIGKILL included), so it is never stale; the file keeps the last holder's pid for messages.
+    Its descriptor is close-on-exec: the workers and etcd a master starts do not inherit it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd: Optional[int] = None
+
+    def acquire(self, timeout: float) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+        return True
+
+    def holder(self) -> Optional[int]:
+        try:
+            with open(self.path) as f:
+                text = f.read().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> StateLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

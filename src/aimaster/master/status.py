@@ -1,11 +1,18 @@
 """``aimaster status``: a job's state from etcd, from any machine that can reach it.
 
 With no ``--etcd``, the job's embedded etcd is used: the running one if the job is live, otherwise
-it is started briefly on the job's state directory to read the final state.
+it is started briefly on the job's state directory to read the final state (holding the job's etcd
+lock meanwhile, so that a master starting at that moment waits instead of starting a second etcd on
+the same data).
+
+Values are validated as the master validates them (:mod:`aimaster.master.readback`): a malformed
+per-worker record or plan is listed under ``ignored`` and left out (the job's own state, which says
+why it failed, still shows); a malformed job record is a one-line error naming its key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -40,34 +47,42 @@ def pending(job_id: str) -> Dict[str, Any]:
 def job_status(job_id: Optional[str], cfg: Optional[EtcdConfig], root: str, failed_slices: bool = True
                ) -> Dict[str, Any]:
     """The job's view as ``aimaster status --json`` prints it (``failed_slices``: also read their errors)."""
-    temp: Optional[EmbeddedEtcd] = None
-    starting = False
-    if cfg is None:
-        job_id = job_id or latest_job(root)
-        state = JobStateDir(root, job_id)
-        if not state.exists():
-            raise JobError(f"no job {job_id} in state directory {root}")
-        endpoint = state.running_etcd()
-        if endpoint is None and not os.path.exists(state.etcd_info) and not os.path.exists(state.report):
-            # Neither a running etcd nor the trace of one (etcd.json stays when everything was killed,
-            # report.json is written at the end): the job is starting. Starting an etcd of our own on
-            # its data directory now would race the master's.
-            return pending(job_id)
-        starting = True
-        if endpoint is None:
-            if not os.path.isdir(state.etcd_dir):
-                raise JobError(f"job {job_id} has no etcd data in {state.path}")
-            temp = EmbeddedEtcd(data_dir=state.etcd_dir, log_path=os.path.join(state.path, "etcd-status.log"))
-            temp.start()
-            endpoint = temp.endpoint
-        cfg = EtcdConfig([endpoint])
-    elif not job_id:
-        raise JobError("--etcd needs --job-id")
-    try:
+    with contextlib.ExitStack() as stack:
+        starting = False
+        if cfg is None:
+            job_id = job_id or latest_job(root)
+            state = JobStateDir(root, job_id)
+            if not state.exists():
+                raise JobError(f"no job {job_id} in state directory {root}")
+            endpoint = state.running_etcd()
+            if endpoint is None and not os.path.exists(state.etcd_info) and not os.path.exists(state.report):
+                # Neither a running etcd nor the trace of one (etcd.json stays when everything was killed,
+                # report.json is written at the end): the job is starting. Starting an etcd of our own on
+                # its data directory now would race the master's.
+                return pending(job_id)
+            starting = True
+            if endpoint is None:
+                stack.enter_context(state.etcd_lock())
+                endpoint = state.running_etcd()  # a master may have started it while we waited
+            if endpoint is None:
+                if not os.path.isdir(state.etcd_dir):
+                    raise JobError(f"job {job_id} has no etcd data in {state.path}")
+                temp = EmbeddedEtcd(data_dir=state.etcd_dir, log_path=os.path.join(state.path, "etcd-status.log"))
+                temp.start()
+                stack.callback(temp.stop)
+                endpoint = temp.endpoint
+            cfg = EtcdConfig([endpoint])
+        elif not job_id:
+            raise JobError("--etcd needs --job-id")
         store = connect(cfg, job_id)
-        view = JobMonitor(store, job_id).view()
+        stack.callback(store.close)
+        # Slice counts come from the datasets' own validated completion, as the master's do.
+        datasets = _Datasets(store)
+        stack.callback(datasets.close)
+        monitor = JobMonitor(store, job_id, dataset=datasets.get)
+        monitor.job_record()  # a malformed job record is the one-line error; a malformed plan is listed
+        view = monitor.view(strict=False)
         if not view.job and not view.datasets:
-            store.close()
             if starting:  # the job's own etcd, its master not yet at the point of writing the record
                 return pending(job_id)
             raise JobError(f"no job {job_id} in etcd at {','.join(cfg.endpoints)}")
@@ -75,26 +90,38 @@ def job_status(job_id: Optional[str], cfg: Optional[EtcdConfig], root: str, fail
         for row in out["workers"]:
             m = re.search(r"-r(\d+)(?:g\d+)?$", row["worker_id"])
             row["restarts"] = int(m.group(1)) if m else 0
-        failed = []
+        out["failed_slices"] = []
+        if view.failed and failed_slices:
+            for d in view.datasets:
+                ds = datasets.get(d.ds_id)
+                if ds is not None:
+                    out["failed_slices"] += [{"dataset": d.ds_id, "slice": sid, "error": rec.get("e")}
+                                             for sid, rec in ds.failed()]
+        return out
+
+
+class _Datasets:
+    """The job's datasets, attached read-only (a session without registration, made when needed)."""
+
+    def __init__(self, store):
+        self.store = store
+        self.session = None
+        self.attached: Dict[str, Any] = {}
+
+    def get(self, ds_id: str):
         from aimaster.data.coordinator import Dataset
         from aimaster.data.session import WorkerSession
 
-        if view.failed and failed_slices:
-            session = WorkerSession(store, f"status-{os.getpid()}", register=False)
-            try:
-                for d in view.datasets:
-                    ds = Dataset(session, d.ds_id)
-                    if ds.load_plan() is not None:
-                        failed += [{"dataset": d.ds_id, "slice": sid, "error": rec.get("e")}
-                                   for sid, rec in ds.failed()]
-            finally:
-                session.close()
-        out["failed_slices"] = failed
-        store.close()
-        return out
-    finally:
-        if temp is not None:
-            temp.stop()
+        if ds_id not in self.attached:
+            if self.session is None:
+                self.session = WorkerSession(self.store, f"status-{os.getpid()}", register=False)
+            ds = Dataset(self.session, ds_id)
+            self.attached[ds_id] = ds if ds.load_plan() is not None else None
+        return self.attached[ds_id]
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()  # revokes its lease (and closes the store, which we are done with)
 
 
 def format_status(view: Dict[str, Any]) -> str:
@@ -121,6 +148,8 @@ def format_status(view: Dict[str, Any]) -> str:
             lines.append(f"  {w['worker_id']:<16} {'yes' if w['alive'] else 'no':<6} {w['host'][:20]:<20} "
                          f"{w['pid']:>8} {w['slices']:>7} {w['items']:>9} {w['rate']:>9.2f} {ago:>12} "
                          f"{w.get('restarts', 0):>8}")
+    for why in view.get("ignored", [])[:10]:
+        lines.append(f"  warning: ignoring {why}")
     failed = view.get("failed_slices", [])
     for f in failed[:20]:
         lines.append(f"  failed slice {f['dataset']}/{f['slice']}: {f['error']}")

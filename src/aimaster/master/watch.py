@@ -17,6 +17,9 @@ It also reports *departures*: workers whose registration vanished (process died,
 When the master itself could not look for a while (etcd was down, or the master was stopped), that
 blind interval is not counted against anybody: ages and idle times are shifted past it, so an etcd
 restart does not make every worker look slow or hung at once.
+
+Registrations, heartbeats, counters and claims are advisory: one that is not what a worker writes
+(see :mod:`aimaster.master.readback`) is left out with a warning, never a reason to stop the master.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from aimaster.data import keys
 from aimaster.data.keys import DatasetKeys
 from aimaster.data.store import Store
+from aimaster.master import readback
 
 
 @dataclass
@@ -61,8 +65,9 @@ class WorkerInfo:
 
 
 class WorkerWatch:
-    def __init__(self, store: Store, blind_after: float = 3.0):
+    def __init__(self, store: Store, blind_after: float = 3.0, warnings: Optional[readback.Warnings] = None):
         self.store = store
+        self.warnings = warnings or readback.Warnings()
         self.blind_after = blind_after
         self._last_refresh: Optional[float] = None
         self.workers: Dict[str, WorkerInfo] = {}
@@ -79,9 +84,10 @@ class WorkerWatch:
     def refresh(self, dataset_ids: Iterable[str] = ()) -> List[WorkerInfo]:
         """Read the job's workers; return those whose registration vanished since the last call."""
         st = self.store
-        regs = {rel[len(keys.WORKERS):]: value for rel, value, _ in st.range(keys.WORKERS)}
-        beats = {rel[len(keys.BEATS):]: (value, meta.mod_revision) for rel, value, meta in st.range(keys.BEATS)}
-        stats = {rel[len(keys.STATS):]: value for rel, value, _ in st.range(keys.STATS)}
+        regs, refused = readback.read_prefix(st, keys.WORKERS, readback.registration_problem)
+        beats, refused_beats = readback.read_prefix(st, keys.BEATS, readback.beat_problem)
+        stats, refused_stats = readback.read_prefix(st, keys.STATS, readback.stats_problem)
+        self.warnings.note(refused + refused_beats + refused_stats)
         now = time.monotonic()
         if self._last_refresh is not None and now - self._last_refresh > self.blind_after:
             self._forgive(now - self._last_refresh)
@@ -94,15 +100,15 @@ class WorkerWatch:
             was = info.registered
             info.registered = wid in regs
             if info.registered:
-                info.record = regs[wid]
+                info.record = regs[wid][0]
             if wid in beats:
-                value, rev = beats[wid]
-                if rev != info.beat_rev:
-                    info.beat_rev, info.beat, info.last_progress = rev, value, now
+                value, meta = beats[wid]
+                if meta.mod_revision != info.beat_rev:
+                    info.beat_rev, info.beat, info.last_progress = meta.mod_revision, value, now
             if wid in stats:
-                if stats[wid].get("slices") != info.stats.get("slices"):
+                if stats[wid][0].get("slices") != info.stats.get("slices"):
                     info.last_progress = now
-                info.stats = stats[wid]
+                info.stats = stats[wid][0]
             if was and not info.registered:
                 departed.append(info)
                 info.departed_at = now
@@ -116,8 +122,8 @@ class WorkerWatch:
         inflight: Dict[str, List[Tuple[str, str, float]]] = {}
         for ds_id in dataset_ids:
             k = DatasetKeys(ds_id)
-            for rel, value, _ in self.store.range(k.claim):
-                sid = rel[len(k.claim):]
+            claims, _ = readback.read_prefix(self.store, k.claim, readback.claim_problem)
+            for sid, (value, _) in claims.items():  # a malformed claim is the coordinator's to clear
                 key = (ds_id, sid, str(value.get("at")))
                 first = seen[key] = self._claim_seen.get(key, now)
                 inflight.setdefault(str(value.get("w")), []).append((ds_id, sid, now - first))
