@@ -88,9 +88,6 @@ def test_malformed_worker_records_are_ignored_and_the_job_succeeds(running):
     assert f"warning: ignoring value at {key('workers/evil')}" in r.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="the workers' Dataset._recent_durations (data/coordinator.py) reads stats/ "
-                                       "with Store.range, which raises on the first malformed value: a worker "
-                                       "looking for a slice to copy near the end exits with a user error")
 def test_a_stats_value_that_is_no_object_is_ignored(running):
     """stats/ is also read by the workers (pooled slice durations, for speculation near the end)."""
     job = running("stats")

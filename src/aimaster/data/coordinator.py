@@ -413,8 +413,7 @@ class Dataset:
         """Pooled recent slice durations of every worker in the job (cached briefly)."""
         when, values = self._durations
         if time.monotonic() - when > 2.0:
-            stats = [(rel[len(keys.STATS):], value) for rel, value, _ in self.store.range(keys.STATS)]
-            values = speculation.pooled_durations(stats)
+            values = speculation.pooled_durations(self._advisory(keys.STATS).items())
             self._durations = (time.monotonic(), values)
         return values
 
@@ -443,7 +442,7 @@ class Dataset:
         candidates = speculation.copy_candidates([(sid, v) for sid, v, _ in held], me, mine, time.time(),
                                                  age_needed)
         for _, sid, record in candidates[:4]:
-            attempts, att_meta = st.get(self.k.attempts + sid)
+            attempts, att_meta = self._attempts(sid)
             if attempts is None or attempts.get("a") != record["a"]:
                 continue  # the attempt we saw is over already
             if attempts.get("e"):
@@ -655,13 +654,13 @@ class Dataset:
         """
         st, tx = self.store, self.store.tx
         error = error[-2000:]
-        attempts, meta = st.get(self.k.attempts + sid)
+        attempts, meta = self._attempts(sid)
         if attempts is None or attempts.get("w") != worker_id:
             return False
         ok, _ = st.txn(f"record error of slice {sid}", [tx.mod(st.key(self.k.attempts + sid)) == meta.mod_revision],
                        [tx.put(st.key(self.k.attempts + sid), dumps(dict(attempts, e=error)))])
         for prefix, fmt in ((self.k.todo, "{e}"), (self.k.failed, "failed {a} attempts; last: {e}")):
-            value, vmeta = st.get(prefix + sid)
+            value, vmeta = self._tolerant_get(prefix + sid)
             if value is not None and value.get("e") != error and not value.get("w"):
                 text = fmt.format(a=value.get("a", attempts.get("a")), e=error)
                 st.txn(f"record error of slice {sid}", [tx.mod(st.key(prefix + sid)) == vmeta.mod_revision],
@@ -714,14 +713,36 @@ class Dataset:
             log.warning("aimaster: deleted %s: %s", key, why)
 
     def _beats(self) -> Dict[str, Any]:
-        """Every worker's last heartbeat (malformed ones read as None: a beat is advisory)."""
+        """Every worker's last heartbeat (a beat is advisory: malformed ones read as None)."""
+        return self._advisory(keys.BEATS)
+
+    def _advisory(self, prefix: str) -> Dict[str, Any]:
+        """Per-worker values under ``prefix`` (beats, stats), malformed ones as None, never an error:
+        one hand-written value must not stop every worker of the job."""
         out: Dict[str, Any] = {}
-        for rel, raw, _ in self.store.iter_prefix_chunks(keys.BEATS):
+        for rel, raw, _ in self.store.iter_prefix_chunks(prefix):
             try:
-                out[rel[len(keys.BEATS):]] = loads(raw, self.store.key(rel))
+                out[rel[len(prefix):]] = loads(raw, self.store.key(rel))
             except EtcdDataError:
-                out[rel[len(keys.BEATS):]] = None
+                out[rel[len(prefix):]] = None
         return out
+
+    def _attempts(self, sid: str) -> Tuple[Optional[Dict[str, Any]], Any]:
+        return self._tolerant_get(self.k.attempts + sid)
+
+    def _tolerant_get(self, rel: str) -> Tuple[Optional[Dict[str, Any]], Any]:
+        """A slice record and its metadata; a malformed value reads as an empty record (the key's
+        revision still guards the transactions that rewrite it), so a hand-written value cannot
+        stop the worker or the master that meets it."""
+        key = self.store.key(rel)
+        raw, meta = self.store.call(f"get {key}", lambda c: c.get(key))
+        if raw is None:
+            return None, None
+        try:
+            return loads(raw, key), meta
+        except EtcdDataError:
+            self._ignore(rel, "its value is not a slice record")
+            return {}, meta
 
     def nothing_left_for_me(self) -> bool:
         """No slice can still come to this worker, though not all are committed yet.
@@ -763,7 +784,7 @@ class Dataset:
     def requeue(self, sid: str) -> bool:
         """Return a slice nobody holds to todo, or mark it failed after max_attempts."""
         st, tx = self.store, self.store.tx
-        attempts = st.get_value(self.k.attempts + sid) or {}
+        attempts = self._attempts(sid)[0] or {}
         n = attempts.get("a", 0) if isinstance(attempts.get("a", 0), int) else 0
         error = attempts.get("e") if isinstance(attempts.get("e"), str) else None
         absent = [tx.version(st.key(p + sid)) == 0
@@ -792,8 +813,16 @@ class Dataset:
             "done": len(done),
             "failed": len(set(failed) - set(done)),
             "running": st.count(self.k.claim),
-            "todo": st.count(self.k.todo),
+            "todo": self._count_planned(self.k.todo),
         }
+
+    def _count_planned(self, prefix: str) -> int:
+        """Keys under ``prefix`` within the plan's id range (ids outside it are not slices)."""
+        st = self.store
+        start, end = st.key(prefix + self.slice_id(0)), st.key(prefix + self.slice_id(self.num_slices))
+        if len(self.slice_id(self.num_slices)) > self.plan["width"]:  # the range ends past the widest id
+            end = st.key(prefix + ":")  # ':' sorts right after '9'
+        return st.call(f"count {start}", lambda c: c.get_range_response(start, end, count_only=True).count)
 
     def is_complete(self) -> bool:
         """Every planned slice committed or failed, by records that validate (see :mod:`.records`).
