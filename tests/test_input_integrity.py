@@ -111,6 +111,19 @@ def test_resumed_job_refuses_input_changed_since_it_was_planned(tmp_path):
     assert_exactly_once(str(out), [f"{name}\t{len(open(inp / name).read())}" for name in inputs])
 
 
+def test_a_finished_job_rerun_on_a_changed_input_refuses_instead_of_nothing_to_do(tmp_path):
+    """Every slice committed, then files added: no worker would start to notice, so the master checks."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_files(str(inp), 12)
+    assert _run(tmp_path, "S", inp, out).returncode == 0
+    (inp / "late.txt").write_text("late\n")
+    r = _run(tmp_path, "S", inp, out)
+    assert r.returncode != 0, r.stderr
+    errors = _error_lines(r.stderr)
+    assert errors and "input of job S changed since it was planned: 1 file added (e.g. late.txt)" in errors[0], \
+        r.stderr
+
+
 def test_workers_without_a_master_check_once_per_run(tmp_path, processes, job_id, monkeypatch):
     """Peers of one run adopt the plan without listing again; a later run lists once and refuses."""
     from aimaster.inference import PosixFileClient, PosixFileConfig

@@ -230,6 +230,7 @@ class Master(JobEnd):
         else:
             bad_record = None
         if previous.get("state") == SUCCEEDED:
+            self._check_inputs_unchanged()  # new files in its input would otherwise go unprocessed, silently
             self._log(f"job {self.opts.job_id} already succeeded; nothing to do")
             return 0
         self.generation = previous.get("generation", 0) + 1
@@ -359,6 +360,8 @@ class Master(JobEnd):
             if not opts.join_only:
                 self._adopt()
             if view.all_complete:
+                if not opts.join_only:
+                    self._check_inputs_unchanged()  # no worker will start to look at the input
                 self._log("all slices are already committed; no worker is started")
             else:
                 free = [s for s in range(opts.workers) if s not in self.fleet.slots]
@@ -755,6 +758,17 @@ class Master(JobEnd):
                     ds.requeue_lost()
             except EtcdDataError as e:  # a malformed slice record; waiting workers sweep too
                 self._warn_once(f"requeueing lost slices of dataset {d.ds_id}: {e}")
+
+    def _check_inputs_unchanged(self) -> None:
+        """A resumed job with nothing left to do still refuses an input that changed since it was
+        planned (JobError, one line): workers do this check, but none is started here."""
+        from aimaster.io import input_check
+
+        for rel in self.store.keys(keys.DATASETS):
+            if rel.endswith("/plan"):
+                ds = self._dataset(rel.split("/", 1)[0])
+                if ds is not None:
+                    input_check.ensure_unchanged_from_plan(self.session, ds, self.opts.job_id)
 
     def _dataset(self, ds_id: str) -> Optional[Dataset]:
         if ds_id not in self._datasets:
