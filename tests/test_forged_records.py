@@ -139,6 +139,7 @@ def test_long_non_ascii_names_plan_in_byte_budgeted_chunks(make_session):
     for n in range(len(ds.plan["chunks"])):
         raw, _ = a.store.client.get(a.store.key(ds.k.item_chunk(n)))
         assert len(raw) <= CHUNK_BYTES + 64
+        assert b"\\u" not in raw  # stored as UTF-8, not as escapes twice its size
     got = [name for i in range(ds.num_slices) for name in ds.items(i)]
     assert got == names
 
