@@ -25,13 +25,7 @@ def fsync_dir(path: str) -> None:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError as e:
         raise named(e, path, "opening the directory to fsync it")
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in _UNSUPPORTED:
-            raise named(e, path, "fsyncing the directory")
-    finally:
-        os.close(fd)
+    _fsync_and_close(fd, path, "fsyncing the directory")
 
 
 def fsync_file(path: str) -> bool:
@@ -40,14 +34,18 @@ def fsync_file(path: str) -> bool:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return False
+    _fsync_and_close(fd, path, "fsyncing the file")
+    return True
+
+
+def _fsync_and_close(fd: int, path: str, what: str) -> None:
     try:
         os.fsync(fd)
     except OSError as e:
         if e.errno not in _UNSUPPORTED:
-            raise named(e, path, "fsyncing the file")
+            raise named(e, path, what)
     finally:
         os.close(fd)
-    return True
 
 
 def missing_dirs(directory: str, stop: str) -> List[str]:
