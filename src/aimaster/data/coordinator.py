@@ -486,7 +486,7 @@ class Dataset:
                 return claim
             if self.is_complete():
                 self.session.beat("done")
-                self.finalize()
+                self.finalize_unless_mastered()
                 raise OutOfRangeException(f"all {self.num_slices} slices of dataset {self.ds_id} are done")
             if not wait:
                 return None
@@ -603,7 +603,7 @@ class Dataset:
             for sink, ref in claim.outputs:
                 sink.publish(sid, ref)
             if self._ended_early and self.is_complete():
-                self.finalize()  # nobody else may be left to see the dataset complete
+                self.finalize_unless_mastered()  # nobody else may be left to see the dataset complete
         else:
             if claim.backup:
                 session.copies_lost += 1
@@ -941,6 +941,19 @@ class Dataset:
             if problem is not None:
                 raise EtcdDataError(f"refusing the record at {self.store.key(rel)}: {problem}")
             yield sid, record
+
+    def finalize_unless_mastered(self) -> None:
+        """Finalize now, unless a master runs the job: it finalizes once every worker has exited.
+
+        A worker finalizing while its peers still run moot attempts would race them: a losing copy
+        still uploading its MaxCompute block, or writing its staged file, could land after the
+        session was sealed or the staging area cleaned, and so be published. Only a job without
+        a master (standalone, or workers started by hand) finalizes from a worker.
+        """
+        key = self.store.key(keys.MASTER)
+        raw, _ = self.store.call(f"get {key}", lambda c: c.get(key))
+        if raw is None:
+            self.finalize()
 
     def finalize(self) -> bool:
         """Publish every committed output (again, idempotently) and close per-job sinks, once.

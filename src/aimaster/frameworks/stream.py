@@ -237,7 +237,7 @@ class SliceStream:
         delay, last_reconcile = poll, 0.0
         while True:
             if ds.is_complete():
-                ds.finalize()
+                ds.finalize_unless_mastered()
                 return False
             if ds.store.count(ds.k.todo) > 0:
                 return True

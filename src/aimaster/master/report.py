@@ -57,7 +57,9 @@ def speculation_summary(rows: List[Dict[str, Any]], copies_won_slices: int) -> D
         "copies_started": total("copies"),
         "won": max(total("copies_won"), copies_won_slices),
         "lost": total("copies_lost"),
-        "primaries_beaten": total("primaries_lost"),
+        # A primary beaten by a copy may never get to lose its commit (it is stopped as moot once
+        # the job is done), so every slice a copy won counts as a primary beaten.
+        "primaries_beaten": max(total("primaries_lost"), copies_won_slices),
     }
 
 
