@@ -958,8 +958,9 @@ class Dataset:
     def finalize(self) -> bool:
         """Publish every committed output (again, idempotently) and close per-job sinks, once.
 
-        Run by whichever process first sees the dataset complete (and by the master at the end, in
-        case that process died half-way): it repairs a crash between a commit and its publish.
+        Run by the master once every worker has exited (see :meth:`finalize_unless_mastered`), or in
+        a job without a master by the first worker to see the dataset complete; it repairs a crash
+        between a commit and its publish.
         Only the dataset's agreed sink is ever rebuilt: every record was checked to name it.
         """
         st, tx = self.store, self.store.tx
