@@ -864,17 +864,8 @@ class Dataset:
         if not since:
             known.clear()
             self._scanned_rev[kind] = 0
-        for rel, raw, meta in self._records_since(prefix, since):
+        for sid, _, meta in self._believed(kind, self._records_since(prefix, since)):
             self._scanned_rev[kind] = max(self._scanned_rev[kind], meta.mod_revision)
-            sid = rel[len(prefix):]
-            if self._planned(sid) is None:
-                self._ignore(rel, "its slice id is not in the plan")
-                continue
-            record = loads(raw, self.store.key(rel))
-            problem = (records.commit_problem(record, self.agreed_sink()) if kind == "done"
-                       else records.failure_problem(record))
-            if problem is not None:
-                raise EtcdDataError(f"refusing the record at {self.store.key(rel)}: {problem}")
             known[sid] = meta.mod_revision
         return known
 
@@ -925,22 +916,29 @@ class Dataset:
     # ------------------------------------------------------------------ finalize
     def committed(self) -> Iterable[Tuple[str, Dict[str, Any]]]:
         """(slice id, record) of every validated commit, in slice order."""
-        yield from self._validated(self.k.done, lambda r: records.commit_problem(r, self.agreed_sink()))
+        for sid, record, _ in self._believed("done", self.store.iter_prefix_chunks(self.k.done)):
+            yield sid, record
 
     def failed(self) -> Iterable[Tuple[str, Dict[str, Any]]]:
-        yield from self._validated(self.k.failed, records.failure_problem)
+        for sid, record, _ in self._believed("failed", self.store.iter_prefix_chunks(self.k.failed)):
+            yield sid, record
 
-    def _validated(self, prefix: str, problem_of: Callable[[Any], Optional[str]]):
-        for rel, raw, _ in self.store.iter_prefix_chunks(prefix):
+    def _believed(self, kind: str, entries: Iterable[Tuple[str, bytes, Any]]):
+        """(slice id, record, metadata) of the ``done``/``failed`` entries that validate: one outside
+        the plan is ignored (logged once); a record of a planned slice that does not validate is
+        refused, naming its key (that slice could never be committed for real)."""
+        prefix = self.k.done if kind == "done" else self.k.failed
+        for rel, raw, meta in entries:
             sid = rel[len(prefix):]
             if self._planned(sid) is None:
                 self._ignore(rel, "its slice id is not in the plan")
                 continue
             record = loads(raw, self.store.key(rel))
-            problem = problem_of(record)
+            problem = (records.commit_problem(record, self.agreed_sink()) if kind == "done"
+                       else records.failure_problem(record))
             if problem is not None:
                 raise EtcdDataError(f"refusing the record at {self.store.key(rel)}: {problem}")
-            yield sid, record
+            yield sid, record, meta
 
     def finalize_unless_mastered(self) -> None:
         """Finalize now, unless a master runs the job: it finalizes once every worker has exited.

@@ -9,7 +9,7 @@ the reason a record is refused (``None`` when it is sound), so callers can name 
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from aimaster.data.store import dumps
 
@@ -86,6 +86,3 @@ def beat_parks(beat: Any, ref: str) -> bool:
     held = beat.get("held")
     return isinstance(held, list) and ref in held
 
-
-def as_dict(value: Any) -> Dict[str, Any]:
-    return value if isinstance(value, dict) else {}
