@@ -423,14 +423,7 @@ class Dataset:
             return None
         st, tx = self.store, self.store.tx
         me = self.session.worker_id
-        held = []
-        for rel, raw, meta in st.iter_prefix_chunks(self.k.claim):
-            try:
-                value = loads(raw, st.key(rel))
-            except EtcdDataError:
-                continue  # not a claim; in_flight() clears it
-            if records.holder(value) is not None and meta.lease_id:
-                held.append((rel[len(self.k.claim):], value, meta))
+        held = list(self._holds(self.k.claim))
         if not held:
             return None
         # A holder waiting for slices (or done) has finished its slice and only not committed it yet.
@@ -690,20 +683,26 @@ class Dataset:
         slice counts as lost and is requeued.
         """
         held: Dict[str, List[str]] = {}
-        for prefix, nested in ((self.k.claim, False), (self.k.backup, True)):
-            for rel, raw, meta in self.store.iter_prefix_chunks(prefix):
-                rest = rel[len(prefix):]
-                sid = rest.split("/", 1)[0] if nested else rest
-                try:
-                    worker = records.holder(loads(raw, self.store.key(rel)))
-                except EtcdDataError:
-                    worker = None
-                if worker is None or not meta.lease_id or self._planned(sid) is None:
-                    self._clear_stale(rel, meta, "bound to no lease" if worker is not None and not meta.lease_id
-                                      else "not a claim of a planned slice")
-                    continue
-                held.setdefault(sid, []).append(worker)
+        for prefix in (self.k.claim, self.k.backup):
+            for sid, record, _ in self._holds(prefix):
+                held.setdefault(sid, []).append(record["w"])
         return held
+
+    def _holds(self, prefix: str) -> Iterable[Tuple[str, Dict[str, Any], Any]]:
+        """(slice id, record, metadata) of the valid claims (``claim/``) or copies (``backup/``)
+        of planned slices; any other key there is stale and deleted (see :meth:`in_flight`)."""
+        for rel, raw, meta in self.store.iter_prefix_chunks(prefix):
+            sid = rel[len(prefix):].split("/", 1)[0]  # backup/<slice>/<worker>
+            try:
+                record = loads(raw, self.store.key(rel))
+            except EtcdDataError:
+                record = None
+            worker = records.holder(record)
+            if worker is None or not meta.lease_id or self._planned(sid) is None:
+                self._clear_stale(rel, meta, "bound to no lease" if worker is not None and not meta.lease_id
+                                  else "not a claim of a planned slice")
+                continue
+            yield sid, record, meta
 
     def _clear_stale(self, rel: str, meta: Any, why: str) -> None:
         st, tx = self.store, self.store.tx
