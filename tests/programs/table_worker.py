@@ -9,7 +9,9 @@ env:   BUFFER_SIZE   the table writer's buffer_size (0: write in process)
                      attempt (a speculative copy) committed the slice and the job finalized its output
                      (SLOW_UNTIL=finalized, the default) or only committed it (SLOW_UNTIL=done),
                      then writes its rows anyway -- a late loser. Every other attempt at such a slice
-                     takes COPY_SECONDS (1.5) longer, so that several copies run at once.
+                     first waits until COPIES copies of it have started (at most 30 s), then takes
+                     COPY_SECONDS (1.5) longer: several copies run at once however late the
+                     workers started, so one wins and the others lose.
        SLOW_MARK     directory for the marker that tells the first attempt from the others
 """
 
@@ -41,6 +43,17 @@ def first_attempt(slice_id):
         return False
 
 
+def wait_for_copies(slice_id):
+    """Sleep until COPIES speculative copies of this slice have started (the attempts record's "b")."""
+    want = int(os.environ.get("COPIES", "0"))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        record = client.dataset.store.get_value(client.dataset.k.attempts + slice_id)
+        if isinstance(record, dict) and isinstance(record.get("b"), int) and record["b"] >= want:
+            return
+        time.sleep(0.05)
+
+
 def wait_until_beaten(slice_id):
     """Sleep until another attempt committed this slice (and, by default, the job finalized)."""
     ds = client.dataset
@@ -61,6 +74,7 @@ while True:
             f.write(f"{slice_id}\n")
     late = slice_id in slow_slices and first_attempt(slice_id)
     if slice_id in slow_slices and not late:
+        wait_for_copies(slice_id)
         time.sleep(float(os.environ.get("COPY_SECONDS", "1.5")))
     with common_io.table.TableReader(table_path, selected_cols="id,x") as reader:
         while True:

@@ -2,7 +2,8 @@
 
 Two slices' first attempts are slow (tests/programs/table_worker.py, SLOW_SLICE): idle workers copy
 the older one at once (--speculation-multiplier 0), several copies run side by side
-(--max-slice-copies 2 or 3), one copy wins and the others lose -- while the other slow slice keeps
+(--max-slice-copies 2 or 3; each copy waits until all of them have started, so that workers
+that started late cannot make them run one after the other), one copy wins and the others lose -- while the other slow slice keeps
 the job open, so the losers discard their output before the job ends -- then the same for the other
 slice. The slow primaries are still running when the last copy commits: the master stops them as
 moot, and finalizes the output only once every worker has exited, so no late loser can stage into a
@@ -27,7 +28,7 @@ def test_copies_of_a_slow_slice_commit_every_row_once(tmp_path, job_tables, back
     marks = tmp_path / "marks"
     marks.mkdir()
     env = {"SLOW_SLICE": "000002,000005", "SLOW_MARK": str(marks), "READ_BATCH": "250", "BATCH_SLEEP": "0.02",
-           "BUFFER_SIZE": "2048" if copies == 3 else "0"}
+           "COPIES": str(copies), "BUFFER_SIZE": "2048" if copies == 3 else "0"}
     r = run_job(tmp_path / "state", "copies", tables, SLICE, "--max-slice-copies", str(copies),
                 "--speculation-multiplier", "0", env=env, workers=copies + 2)
     assert r.returncode == 0, r.stderr
