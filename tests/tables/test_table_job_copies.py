@@ -2,14 +2,14 @@
 
 Two slices' first attempts are slow (tests/programs/table_worker.py, SLOW_SLICE): idle workers copy
 the older one at once (--speculation-multiplier 0), several copies run side by side
-(--max-slice-copies 2 or 3; each copy waits until all of them have started, so that workers
-that started late cannot make them run one after the other), one copy wins and the others lose -- while the other slow slice keeps
-the job open, so the losers discard their output before the job ends -- then the same for the other
-slice. The slow primaries are still running when the last copy commits: the master stops them as
-moot, and finalizes the output only once every worker has exited, so no late loser can stage into a
-sealed upload session or a cleaned-up staging area. Each attempt and copy must stage under a
-name (a block) of its own: with shared names a loser's discard emptied the winner's block and the
-MaxCompute output lost the slice.
+(--max-slice-copies 2 or 3; each copy waits until all of them have started, so that workers that
+started late cannot make them run one after the other), one copy wins and the others lose -- while
+the other slow slice keeps the job open, so the losers discard their output before the job ends --
+then the same for the other slice. The slow primaries are still running when the last copy commits:
+the master stops them as moot, and finalizes the output only once every worker has exited, so no
+late loser can stage into a sealed upload session or a cleaned-up staging area. Each attempt and
+copy must stage under a name (a block) of its own: with shared names a loser's discard emptied the
+winner's block and the MaxCompute output lost the slice.
 """
 
 from __future__ import annotations
