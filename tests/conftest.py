@@ -1,10 +1,14 @@
 import os
 import sys
+import tempfile
 import uuid
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+# Every `aimaster run` notes its state directory in the user's job index; the tests' jobs (and the
+# workers and CLIs they start, which inherit this) note theirs in a throw-away one, not in ~.
+os.environ.setdefault("AIMASTER_JOB_INDEX", tempfile.mkdtemp(prefix="aimaster-job-index-"))
 
 from aimaster.data.etcd_server import EmbeddedEtcd  # noqa: E402
 from aimaster.data.session import WorkerSession  # noqa: E402

@@ -60,7 +60,7 @@ def run_aimaster(*args: str, env: Optional[Dict[str, str]] = None, timeout: floa
 
 
 def clean_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIMASTER_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIMASTER_") or k == "AIMASTER_JOB_INDEX"}
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env

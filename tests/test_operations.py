@@ -37,10 +37,18 @@ def _status(state, job_id="ops", *extra):
 
 
 def test_status_of_running_job_from_another_process_matches_report(tmp_path):
-    proc, inputs, out, state = _start(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # ~4.5 s of work: long enough for `aimaster status` (a whole process, slow on a loaded machine)
+    # to catch the job running.
+    proc, inputs, out, state = _start(tmp_path, sleep="0.15", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True)
     try:
-        live = wait_for(lambda: (lambda s: s if s["slices"]["done"] >= 3 and s["state"] == "Running" else None)(
-            _status(state)), timeout=60, what="a running job with commits")
+        # A moment of the running job with commits and a worker alive: sampled at 24/24, the job may
+        # still read Running while every worker has already exited (the master is about to end it).
+        def running(s):
+            alive = [w for w in s["workers"] if w["alive"]]
+            return s if s["slices"]["done"] >= 3 and s["state"] == "Running" and alive else None
+
+        live = wait_for(lambda: running(_status(state)), timeout=60, what="a running job with commits")
         assert live["slices"]["total"] == 24
         assert len([w for w in live["workers"] if w["alive"]]) >= 1
         assert {"host", "pid", "slices", "items", "rate"} <= set(live["workers"][0])
@@ -155,7 +163,8 @@ def test_failed_slices_are_retrievable(tmp_path):
 def test_metrics_endpoint(tmp_path):
     port = free_port()
     proc, inputs, out, state = _start(tmp_path, n_files=200, workers=2, sleep="0.05", job_id="metrics",
-                                      extra=("--metrics-port", str(port)), stdout=subprocess.PIPE,
+                                      extra=("--metrics-port", str(port), "--metrics-grace", "0"),
+                                      stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True)
     try:
         def scrape():
@@ -163,13 +172,13 @@ def test_metrics_endpoint(tmp_path):
                 text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
             except OSError:
                 return None
-            m = re.search(r'aimaster_slices\{job="metrics",state="committed"\} (\d+)', text)
+            m = re.search(r'aimaster_slices\{job_id="metrics",state="committed"\} (\d+)', text)
             return text if m and int(m.group(1)) >= 2 else None
 
         text = wait_for(scrape, timeout=60, what="metrics with commits")
-        assert 'aimaster_slices{job="metrics",state="total"} 40.0' in text
+        assert 'aimaster_slices_planned{job_id="metrics"} 40.0' in text
         assert "aimaster_workers" in text and "aimaster_slice_seconds_bucket" in text
-        assert re.search(r"aimaster_claim_seconds_count\{job=\"metrics\"\} [1-9]", text), "claim latencies observed"
+        assert re.search(r"aimaster_claim_seconds_count\{job_id=\"metrics\"\} [1-9]", text), "claim latencies observed"
         _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:

@@ -105,7 +105,9 @@ def test_worker_dying_after_out_of_range_gives_its_slice_back(tmp_path):
     inp, out, state = tmp_path / "in", tmp_path / "out", tmp_path / "state"
     inputs = make_files(str(inp), 200)
     marker = tmp_path / "died"
-    r = run_aimaster("run", "-n", "3", "--job-id", "dwe", "--state-dir", str(state), "--quiet", "--lease-ttl", "3",
+    # A long lease: only the master's reaping of the dead worker frees its slice (and logs the death),
+    # never the lease's expiry, after which a waiting peer could redo the slice before the reap.
+    r = run_aimaster("run", "-n", "3", "--job-id", "dwe", "--state-dir", str(state), "--quiet", "--lease-ttl", "30",
                      "--", *_datawriter(inp, out), env={"DIE_AFTER_END": str(marker), "FILE_SLEEP": "0.005"},
                      timeout=180)
     assert r.returncode == 0, r.stderr

@@ -10,15 +10,23 @@ import uuid
 from typing import List, Optional
 
 import click
+from click.core import ParameterSource
 
 from aimaster.data import keys
 from aimaster.data.store import EtcdConfig, retry_seconds_from_env
+from aimaster.engines import commands as engine_commands
 from aimaster.errors import AimasterError, JobError
+from aimaster.master import retry
+from aimaster.master.commandline import check_command
+from aimaster.master.launchers.options import launcher_from_options, launcher_options
 from aimaster.master.master import Master, RunOptions, connect
 from aimaster.master.policy import EXECUTION_MODES, POLICIES, FaultPolicy
 from aimaster.master.state_dir import JobStateDir, default_root
+from aimaster.security.options import bundle_config, listen_option
 
-_COMMAND = {"ignore_unknown_options": True, "allow_interspersed_args": False}
+# Options before COMMAND are aimaster's: a typo is click's "no such option" (with its suggestion),
+# never the start of the worker command. Everything from COMMAND on (or after ``--``) is the worker's.
+_COMMAND = {"allow_interspersed_args": False}
 
 
 def _new_job_id() -> str:
@@ -83,8 +91,9 @@ def cli() -> None:
               help="Async: restart only a failed worker. Sync: restart all workers when one fails.")
 @click.option("--fault-tolerant-policy", type=click.Choice(POLICIES), default="OnFailure", show_default=True,
               help="When to relaunch a failed worker.")
-@click.option("--max-num-of-same-error", type=click.IntRange(1), default=20, show_default=True,
-              help="The same failure this many times fails the job.")
+@click.option("--max-num-of-same-error", type=click.IntRange(1), default=None,
+              help="The same failure this many times fails the job [default: 20]. Unless given, a hopeless "
+                   "crash (every worker dies the same way before anything is committed) fails it at once.")
 @click.option("--enable-job-hang-detection", is_flag=True, help="Kill and relaunch workers that stop progressing.")
 @click.option("--job-hang-interval", type=click.FloatRange(1), default=600, show_default=True,
               help="Seconds without progress after which a worker counts as hung.")
@@ -93,6 +102,9 @@ def cli() -> None:
 @click.option("--max-slice-attempts", type=click.IntRange(1), default=4, show_default=True,
               help="Attempts after which a slice is reported failed instead of retried (a poison slice "
                    "does not block the job).")
+@click.option("--slice-timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+              help="Abandon an attempt running longer than this (its worker is killed and relaunched) and hand "
+                   "the slice out again, as a failed attempt. Off by default.")
 @click.option("--speculation/--no-speculation", default=True, show_default=True,
               help="When no slice is free, idle workers copy the longest-running held slice; the first "
                    "commit wins.")
@@ -106,18 +118,31 @@ def cli() -> None:
               help="Slice durations the peers must have reported before a worker can be called slow.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535),
               help="Serve Prometheus metrics on this port (http://HOST:PORT/metrics). Off by default.")
+@click.option("--metrics-grace", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="With --metrics-port: seconds the endpoint keeps serving the final values after the job "
+                   "ended, so that a scrape sees the end (Ctrl-C skips it).")
 @click.option("--log-max-bytes", type=click.IntRange(1024), default=50 * 1024 * 1024, show_default=True,
               help="Size at which a worker's stdout/stderr file in the state directory is rotated.")
 @click.option("--log-backups", type=click.IntRange(1), default=3, show_default=True,
               help="Rotated files kept per worker log (worker-N.out.1, .2, ...).")
 @click.option("--tee", is_flag=True, help="Also print workers' output on the console, prefixed with the worker id.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--listen", metavar="HOST[:PORT]",
+              help="Also serve the job's embedded etcd to other hosts on this address (0.0.0.0: all), with TLS, "
+                   "client certificates and authentication; writes the join bundle <state dir>/jobs/<id>/join.json. "
+                   "PORT: a free one (the previous run's on resume).")
+@click.option("--advertise", metavar="HOST",
+              help="The address other hosts reach this one at [default: the --listen HOST, or this host's "
+                   "primary address for 0.0.0.0].")
+@click.option("--insecure", is_flag=True, help="With --listen: plain text, no authentication (warns).")
+@launcher_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key, state_dir, min_workers,
         launch_interval, standby, job_execution_mode, fault_tolerant_policy, max_num_of_same_error,
         enable_job_hang_detection, job_hang_interval, lease_ttl, max_slice_attempts, speculation,
         speculation_multiplier, max_slice_copies, slow_worker_multiplier, slow_worker_min_samples, metrics_port,
-        log_max_bytes, log_backups, tee, quiet, command) -> None:
+        metrics_grace, log_max_bytes, log_backups, tee, quiet, command, slice_timeout=None, listen=None, advertise=None,
+        insecure=False, **launcher_kw) -> None:
     """Run COMMAND as a job on WORKERS worker processes: aimaster run -n 4 -- python infer.py
 
     Exits 0 when the job Succeeded, 1 when it Failed, 130 when stopped with Ctrl-C or
@@ -130,16 +155,24 @@ def run(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etc
         command=_command(command), job_id=job_id, workers=workers,
         etcd=_etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key),
         state_root=state_dir or default_root(), min_workers=min_workers,
-        policy=FaultPolicy(job_execution_mode, fault_tolerant_policy, max_num_of_same_error),
+        policy=FaultPolicy(job_execution_mode, fault_tolerant_policy, max_num_of_same_error or 20,
+                           fail_fast=max_num_of_same_error is None),
         hang_detection=enable_job_hang_detection, hang_interval=job_hang_interval, lease_ttl=lease_ttl,
         max_slice_attempts=max_slice_attempts, progress=not quiet, launch_interval=launch_interval,
         standby=standby, speculation=speculation, speculation_multiplier=speculation_multiplier,
         max_slice_copies=max_slice_copies, slow_multiplier=slow_worker_multiplier,
-        slow_min_samples=slow_worker_min_samples, metrics_port=metrics_port, log_max_bytes=log_max_bytes,
+        slow_min_samples=slow_worker_min_samples, metrics_port=metrics_port, metrics_grace=metrics_grace,
+        log_max_bytes=log_max_bytes,
         log_backups=log_backups, tee=tee,
     )
+    opts.slice_timeout = slice_timeout
+    opts.retry_failed = retry.requested()  # `aimaster retry` runs this command after its own checks
+    opts.listen = listen_option(listen, advertise, insecure, etcd, JobStateDir(opts.state_root, job_id))
     if standby and not job_id_given:
         raise click.UsageError("--standby needs the --job-id of the job to stand by for")
+    workers_given = click.get_current_context().get_parameter_source("workers") != ParameterSource.DEFAULT
+    workers, opts.launcher = launcher_from_options(workers, workers_given, **launcher_kw)
+    opts.workers = workers
     click.echo(f"aimaster: job {job_id} ({workers} worker(s){', standby' if standby else ''}); state in "
                f"{JobStateDir(opts.state_root, job_id).path}", err=True)
     sys.exit(Master(opts).run())
@@ -147,7 +180,9 @@ def run(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etc
 
 @cli.command(context_settings=_COMMAND)
 @click.option("-n", "--workers", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--job-id", required=True, help="The running job to join.")
+@click.option("--job-id", help="The running job to join (with --bundle: the bundle's).")
+@click.option("--bundle", type=click.Path(dir_okay=False),
+              help="The job's join bundle (join.json, written by aimaster run --listen): etcd address and credentials.")
 @etcd_options
 @click.option("--lease-ttl", type=click.IntRange(2), default=10, show_default=True)
 @click.option("--log-max-bytes", type=click.IntRange(1024), default=50 * 1024 * 1024, show_default=True,
@@ -156,22 +191,29 @@ def run(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etc
 @click.option("--quiet", is_flag=True)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def join(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key, state_dir, lease_ttl,
-         log_max_bytes, tee, quiet, command) -> None:
+         log_max_bytes, tee, quiet, command, bundle=None) -> None:
     """Add workers on this machine to a running job (same etcd, same job id).
 
-    aimaster join --etcd master-host:2379 --job-id J -n 8 -- python infer.py
+    aimaster join --bundle /nas/.aimaster/jobs/J/join.json -n 8 -- python infer.py
+
+    aimaster join --etcd etcd-host:2379 --job-id J -n 8 -- python infer.py
 
     The workers follow the job's settings (hang detection, speculation, slice attempts); they are
     relaunched here if they fail, and may leave at any time (Ctrl-C): their slices go back to the pool.
     """
+    command = _command(command)  # a COMMAND that does not exist is refused before etcd is asked anything
     cfg = _etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key)
+    if bundle:
+        cfg, job_id = bundle_config(bundle, job_id, etcd, state_dir or default_root())
     if cfg is None:
-        raise click.UsageError("join needs --etcd (the job's etcd, reachable from this machine)")
+        raise click.UsageError("join needs --bundle FILE (written by aimaster run --listen) or --etcd")
+    if not job_id:
+        raise click.UsageError("join needs --job-id (or --bundle)")
     job_id = keys.check_name("job id", job_id)
     store = connect(cfg, job_id)
     if store.get_value(keys.JOB) is None:
-        raise JobError(f"no job {job_id} in etcd at {etcd}")
-    opts = RunOptions(command=_command(command), job_id=job_id, workers=workers, etcd=cfg,
+        raise JobError(f"no job {job_id} in etcd at {','.join(cfg.endpoints)}")
+    opts = RunOptions(command=command, job_id=job_id, workers=workers, etcd=cfg,
                       state_root=state_dir or default_root(), lease_ttl=lease_ttl, progress=not quiet,
                       join_only=True, log_max_bytes=log_max_bytes, tee=tee)
     sys.exit(Master(opts).run())
@@ -180,13 +222,15 @@ def join(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, et
 @cli.command()
 @click.option("--job-id", help="Job to show (default: the most recent one in the state directory).")
 @etcd_options
+@click.option("--bundle", type=click.Path(dir_okay=False), help="Show the job of this join bundle (join.json).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--failed", "failed_only", is_flag=True, help="List the failed slices with their errors.")
+@click.option("--failed", "failed_only", is_flag=True,
+              help="List the failed slices: their items (files or row range) and last errors.")
 @click.option("--watch", is_flag=True, help="Refresh until the job is Succeeded, Failed or Stopped.")
 @click.option("--interval", type=click.FloatRange(0.1), default=2.0, show_default=True,
               help="Seconds between refreshes with --watch.")
 def status(job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key, state_dir, as_json, failed_only,
-           watch, interval) -> None:
+           watch, interval, bundle=None) -> None:
     """Show a job: state, slices done / in flight / failed, and a per-worker table (host, pid,
     slices, rate, last commit, restarts). A job still starting shows as Pending."""
     import time
@@ -195,6 +239,8 @@ def status(job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key,
 
     cfg = _etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key)
     root = state_dir or default_root()
+    if bundle:
+        cfg, job_id = bundle_config(bundle, job_id, etcd, root, keep=False)
     live = watch and sys.stdout.isatty() and not as_json
     while True:
         view = job_status(job_id, cfg, root)
@@ -231,6 +277,27 @@ def stop(job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key, s
     cfg = _etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key)
     request_stop(keys.check_name("job id", job_id), cfg, state_dir or default_root())
     click.echo(f"aimaster: stop requested for job {job_id}; its master stops it within a few seconds", err=True)
+
+
+@cli.command()
+@click.option("--job-id", help="Job whose logs to show (default: the most recent one in the state directory).")
+@click.option("--worker", metavar="W", help="Only this worker slot: 0, w0, or any worker id of it (w0-r2).")
+@click.option("-f", "--follow", is_flag=True, help="Go on printing what the workers write until the run ends.")
+@click.option("--state-dir", type=click.Path(file_okay=False),
+              help="Root of job state directories (default: ./.aimaster or $AIMASTER_STATE_DIR).")
+def logs(job_id, worker, follow, state_dir) -> None:
+    """Show the workers' stdout and stderr, merged in time order.
+
+    Each line is prefixed with its worker slot ([w0] stdout, [w0!] stderr) and the time it was
+    written; a separator marks each relaunch. The logs are in the job's state directory, so this
+    runs on the machine that ran the workers.
+    """
+    from aimaster.master.joblogs import show_logs
+    from aimaster.master.status import latest_job
+
+    root = state_dir or default_root()
+    state = JobStateDir(root, keys.check_name("job id", job_id) if job_id else latest_job(root))
+    show_logs(state, worker, follow, click.echo)
 
 
 @cli.command()
@@ -271,7 +338,7 @@ def _state_dir_job(root: str, job_id: str) -> dict:
     endpoint = state.running_etcd()
     if endpoint is not None:
         try:
-            store = connect(EtcdConfig([endpoint]), job_id)
+            store = connect(state.client_config(endpoint), job_id)
             try:
                 record = store.get_value(keys.JOB) or {}
             finally:
@@ -290,11 +357,17 @@ def _state_dir_job(root: str, job_id: str) -> dict:
 @click.option("--files", "num_files", type=click.IntRange(1), default=600, show_default=True)
 @click.option("--slice-size", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--dir", "workdir", type=click.Path(file_okay=False), help="Where to put the demo data.")
-def demo(workers, num_files, slice_size, workdir) -> None:
-    """Generate sample files and run a real job over them on an embedded etcd."""
+@click.option("--text", is_flag=True, help="Label text files instead of classifying images (the demo without torch).")
+def demo(workers, num_files, slice_size, workdir, text) -> None:
+    """Classify generated images with a CNN in a real job on an embedded etcd (text files without torch)."""
     from aimaster.demo import run_demo
 
-    sys.exit(run_demo(workers, num_files, slice_size, workdir))
+    sys.exit(run_demo(workers, num_files, slice_size, workdir, text=text))
+
+
+cli.add_command(retry.make_retry_command(run))
+cli.add_command(engine_commands.k8s)  # aimaster k8s render/submit/status/delete
+cli.add_command(engine_commands.slurm_group(run), "slurm")  # aimaster slurm script: run's options too
 
 
 def _command(command) -> List[str]:
@@ -303,6 +376,7 @@ def _command(command) -> List[str]:
         command = command[1:]
     if not command:
         raise click.UsageError("missing COMMAND (e.g. aimaster run -n 2 -- python infer.py)")
+    check_command(command)  # before any job is registered: a typo leaves nothing behind
     return command
 
 

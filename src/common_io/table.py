@@ -211,12 +211,19 @@ class TableReader:
 class TableWriter:
     """Writes rows straight to a table; they appear in it when the writer is closed."""
 
-    def __init__(self, table: str, slice_id: int = 0):
+    def __init__(self, table: str, slice_id: int = 0, col_names: Optional[Sequence[str]] = None):
+        """``col_names``: the column names of a Parquet output whose schema is inferred from the
+        rows (default ``_c0, _c1, ...``); not for a MaxCompute or warehouse table (own schema)."""
         base, start, end = parse_table_url(table)
         if start is not None or end is not None:
             raise UrlError(f"TableWriter needs a table URL without a row range, got {table}")
         self.table = table
-        self._sink = open_table_sink(base)
+        if col_names is not None:
+            from aimaster.io.tables.col_names import output_col_names
+
+            self._sink = open_table_sink(base, col_names=output_col_names(base, col_names))
+        else:
+            self._sink = open_table_sink(base)
         # A name of its own, sorted by creation time: writers never overwrite each other's output.
         # The trailing 0 is the "slice number" MaxCompute derives the block id from (block 0 of a
         # session this writer owns).

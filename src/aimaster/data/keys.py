@@ -8,7 +8,9 @@ Everything lives under ``/aimaster/v1/jobs/<job-id>/``::
     workers/<worker>            a live worker (bound to its lease): host, pid, started, slot, launcher
     beat/<worker>               a worker's progress heartbeat (bound to its lease): time, state, slices held
     stats/<worker>              a worker's counters: slices, items, first/last commit time, recent slice
-                                durations, speculative copies started/won/lost
+                                durations, speculative copies started/won/lost; when it was preempted
+    stop/<worker>               the master's request to stop a worker (signal, reason): the worker's
+                                supervisor acts on it (aimaster.master.stop_requests)
     ds/<ds>/plan                the dataset's plan; written last, so it exists only when complete
     ds/<ds>/planner             the process planning the dataset (bound to its lease)
     ds/<ds>/items/<chunk>       file datasets: the file list, in chunks of JSON arrays
@@ -57,6 +59,7 @@ STANDBY = "standby/"
 WORKERS = "workers/"
 BEATS = "beat/"
 STATS = "stats/"
+STOP_REQUESTS = "stop/"
 DATASETS = "ds/"
 
 
@@ -66,6 +69,10 @@ def worker(worker_id: str) -> str:
 
 def stats(worker_id: str) -> str:
     return f"{STATS}{worker_id}"
+
+
+def stop_request(worker_id: str) -> str:
+    return f"{STOP_REQUESTS}{worker_id}"
 
 
 def beat(worker_id: str) -> str:

@@ -4,6 +4,14 @@ Under ``aimaster run`` (or ``aimaster join``) the launcher sets ``AIMASTER_ETCD_
 ``AIMASTER_JOB_ID`` and ``AIMASTER_WORKER_ID``. A program started without them (``python infer.py``)
 is a job of its own: it starts a private embedded etcd in a temporary directory, is the only worker,
 and processes the whole dataset with the same claim/commit semantics.
+
+What standalone mode does *not* have, said once on stderr when it starts: the temporary etcd goes
+away with the process, so a second ``python infer.py`` plans and processes everything again (its
+outputs land under the same final names, one per slice, so nothing is duplicated, only redone);
+and with no master there is no relaunch, progress display, ``aimaster status`` or report. It is not
+made resumable by keeping that etcd somewhere: a program run from a shared directory by two users,
+or by one user on two inputs, would then find and adopt a stranger's job state. ``aimaster run -n 1
+-- python infer.py`` is the same single worker with all of that.
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ class JobContext:
 USER_ERROR_EXIT = 3
 ENVIRONMENT_ERROR_EXIT = 75
 
+STANDALONE_NOTE = ("aimaster: standalone (no 'aimaster run'): one worker on a private, temporary etcd; nothing is "
+                   "kept for a resume and no report is written (aimaster run -n 1 -- COMMAND has both)")
+
 _lock = threading.Lock()
 _standalone_etcd: Optional[EmbeddedEtcd] = None
 _session: Optional[WorkerSession] = None
@@ -47,6 +58,7 @@ def _start_standalone_etcd() -> EmbeddedEtcd:
     if _standalone_etcd is None:
         _standalone_etcd = EmbeddedEtcd().start()
         atexit.register(_standalone_etcd.stop)
+        print(STANDALONE_NOTE, file=sys.stderr, flush=True)
         # Spawned children (a DataLoader with the 'spawn' start method) must join this job, not
         # start a private etcd of their own.
         os.environ["AIMASTER_ETCD_ENDPOINTS"] = _standalone_etcd.endpoint
@@ -139,9 +151,16 @@ def install_excepthook() -> None:
 
 
 def _terminate(signum, frame):
-    # SIGTERM (the launcher stopping us, a preemption) becomes a normal exit, so atexit handlers run
-    # and our lease is revoked at once: our slices go back to the pool without waiting for the TTL.
-    sys.exit(128 + signum)
+    # SIGTERM (a preemption, or the launcher stopping us): our slices go back to the pool now, not
+    # after the TTL, and we exit 0, marked preempted (see aimaster.data.preemption).
+    from aimaster.data.preemption import Preempted, preempt
+
+    session = _session
+    if session is not None and session.pid == os.getpid():
+        if session.preempted is not None:
+            return  # a second SIGTERM while the first unwinds the program
+        preempt(session)
+    raise Preempted()
 
 
 def install_sigterm_handler() -> None:

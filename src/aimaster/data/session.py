@@ -7,6 +7,10 @@ stopped with SIGSTOP, or etcd was down longer than the TTL) is replaced by a new
 claimed under the old lease may have been handed out again, which is safe because only one attempt
 can commit.
 
+On SIGTERM (a preemption) the session gives everything back at once and never takes a lease again
+(see :mod:`aimaster.data.preemption`): ``datasets`` lists what this process coordinates, and
+``preempted`` says when it left.
+
 The session also keeps what the control plane needs to see about this worker: the attempts it holds
 (so an uncaught exception can hand them back with its error, and the master knows which slices a
 dead worker had), a heartbeat (so a hung worker can be told from a busy one) and its counters.
@@ -77,6 +81,10 @@ class WorkerSession:
         self.claims: Dict[Tuple[str, str, str], Claim] = {}
         self.state = "working"
         self._last_beat = 0.0
+        # Datasets this process coordinates, by id: on SIGTERM their claims are given back
+        # (aimaster.data.preemption); set when it happened, and no lease is ever taken again.
+        self.datasets: Dict[str, Any] = {}
+        self.preempted: Optional[float] = None
         # Who launched us (a master's slot or an `aimaster join`): a restarted master adopts the
         # workers its predecessor launched instead of starting as many again.
         own = os.environ.get("AIMASTER_WORKER_ID") == worker_id
@@ -105,6 +113,12 @@ class WorkerSession:
     def renew_lease(self, generation: int) -> None:
         """Replace the lease, unless another thread already did since ``generation``."""
         with self._lock:
+            if self.preempted is not None:
+                # Leaving on SIGTERM, slices given back: a new lease would let this process claim
+                # or commit again. The thread that wanted one ends instead.
+                from aimaster.data.preemption import Preempted
+
+                raise Preempted()
             if self.lease_generation == generation:
                 log.warning("aimaster: worker %s lost its etcd lease; taking a new one", self.worker_id)
                 self._new_lease()
@@ -160,6 +174,8 @@ class WorkerSession:
 
     def beat(self, state: Optional[str] = None, force: bool = False) -> None:
         """Publish a heartbeat (throttled): the master's hang detection watches these."""
+        if self.preempted is not None:
+            return  # leaving: the lease (and with it the heartbeat) is gone or about to be
         changed = state is not None and state != self.state
         if not (force or changed) and time.monotonic() - self._last_beat < BEAT_EVERY:
             return
@@ -172,7 +188,8 @@ class WorkerSession:
                 "items": self.items_committed, "first": self.first_commit, "last": time.time(),
                 "started": self.started, "recent": [round(x, 4) for x in self.recent],
                 "busy": round(self.busy, 3), "copies": self.copies_started, "copies_won": self.copies_won,
-                "copies_lost": self.copies_lost, "primaries_lost": self.primaries_lost}
+                "copies_lost": self.copies_lost, "primaries_lost": self.primaries_lost,
+                **({"preempted": self.preempted} if self.preempted is not None else {})}
 
     def publish_stats(self) -> None:
         self.store.put(keys.stats(self.worker_id), self.stats_value())

@@ -40,11 +40,20 @@ from aimaster.io.tables import (
     parse_table_url,
 )
 from aimaster.io.tables.base import StageLost
+from aimaster.io.tables.col_names import check_sink_col_names, output_col_names
 from aimaster.io.tables.slice_writer import as_sink
 
 
 class MaxComputeTableConfig:
-    """The input table, the slice size in rows, and the optional output table."""
+    """The input table, the slice size in rows, and the optional output table.
+
+    :param input_table: the input table URL: ``odps://project/tables/t[/p=v]`` (MaxCompute, or the
+        local warehouse under ``AIMASTER_ODPS_WAREHOUSE``), a Parquet file or directory; an optional
+        ``?start=&end=`` restricts it to a row range.
+    :param slice_size: rows per slice (a positive integer).
+    :param output_table: where :meth:`MaxComputeTableClient.create_table_writer` writes; None for a
+        job that writes no table.
+    """
 
     def __init__(self, input_table, slice_size=4096, output_table=None):
         if not isinstance(input_table, str) or not input_table:
@@ -127,7 +136,11 @@ def _copy_slot(claim: Claim, slots: int) -> int:
 
 
 class MaxComputeTableClient:
-    """Hands out row-range slices of a table; see CONTRACT.md section 2 "Tables"."""
+    """Hands out row-range slices of a table; see CONTRACT.md section 2 "Tables".
+
+    :param config: the dataset (:class:`MaxComputeTableConfig`); the first worker of the job to
+        arrive counts the table's rows and writes the plan, the others adopt it.
+    """
 
     def __init__(self, config: MaxComputeTableConfig):
         self.config = config
@@ -358,16 +371,23 @@ class MaxComputeTableClient:
             copies = max(1, self._dataset.max_copies)
             return {"slice_count": self._dataset.num_slices, "copies_per_attempt": copies,
                     "attempts_per_slice": (1 + copies) * (max(1, self._dataset.max_attempts) + 1)}
-        return {}
+        names = getattr(self, "_col_names", None)
+        return {"col_names": names} if names is not None else {}
 
-    def create_table_writer(self, buffer_size=0, filter_value=None) -> TableWriter:
+    def create_table_writer(self, buffer_size=0, filter_value=None, col_names=None) -> TableWriter:
         """A writer for the output table: ``write(values, col_indices)``, ``close()``.
 
         ``buffer_size > 0`` writes in a child process through a queue of that many rows.
+        ``col_names``: the column names of a Parquet output whose schema is inferred from the rows
+        (default ``_c0, _c1, ...``); every worker of the job must give the same. A MaxCompute or
+        warehouse table has its own schema.
         """
         if not isinstance(buffer_size, int) or buffer_size < 0:
             raise ConfigError(f"buffer_size must be a non-negative integer, got {buffer_size!r}")
+        if col_names is not None:
+            self._col_names = output_col_names(self.config.output_table, col_names)
         sink = self.output_sink()
+        check_sink_col_names(sink, getattr(self, "_col_names", None))
         if buffer_size > 0:
             inner = SubprocessSliceRowWriter(sink.describe(), buffer_size, filter_value)
         else:

@@ -4,11 +4,19 @@ Inputs are listed once per dataset (by the one process that plans it) either by 
 ``input_dir`` or from a PAI-style meta file. Outputs go through :class:`FileSink`: an attempt writes
 into a staging directory inside the output directory (same file system, so the final rename is
 atomic) and the file is renamed to its final name, derived from the slice id, only after the
-attempt's commit won.
+attempt's commit won. On an object store (``s3://``, ``oss://``, ...), which has no rename, the
+staged object is copied server-side to its final key instead (:mod:`aimaster.io.object_store`).
+
+Credentials and endpoints of remote file systems never go through etcd (the sink's description
+holds only the URL): each process gets them from its environment, the way the file system's own
+library reads them (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...) or from fsspec's configuration
+(``FSSPEC_S3_ENDPOINT_URL``, ``FSSPEC_S3='{"key": ...}'``, or ``~/.config/fsspec/*.json``); see
+docs/object-stores.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -21,7 +29,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from aimaster.data.outputs import OutputSink, StagedRef, register_sink
 from aimaster.errors import ConfigError, EmptyInputError, EtcdDataError, InputNotFoundError, MetaFileError
-from aimaster.io import durable, listing
+from aimaster.io import durable, listing, object_store
 
 STAGING_DIR = ".aimaster-staging"
 
@@ -65,6 +73,15 @@ def list_input_files(input_dir: str, skip_unreadable: bool = False) -> Tuple[str
 def list_inputs(input_dir: str, skip_unreadable: bool = False) -> Tuple[str, listing.Listing]:
     """Like :func:`list_input_files`, with what was left out (see :mod:`aimaster.io.listing`)."""
     fs, root = resolve(input_dir)
+    if isinstance(fs, LocalFileSystem):
+        return _list_inputs(input_dir, fs, root, skip_unreadable)
+    object_store.refresh(fs, root)  # a listing cached by this process may predate new objects
+    with object_store.remote_errors(input_dir, "listing input directory"):
+        return _list_inputs(input_dir, fs, root, skip_unreadable)
+
+
+def _list_inputs(input_dir: str, fs: fsspec.AbstractFileSystem, root: str,
+                 skip_unreadable: bool) -> Tuple[str, listing.Listing]:
     if not fs.exists(root):
         raise InputNotFoundError(f"input directory {input_dir} does not exist")
     if not fs.isdir(root):
@@ -77,7 +94,8 @@ def list_inputs(input_dir: str, skip_unreadable: bool = False) -> Tuple[str, lis
             if info.get("type") != "file":
                 continue
             rel = full[len(root):].lstrip("/")
-            if rel and not _hidden(rel):
+            # A key ending in "/" is a "directory marker" (consoles and some tools make them), not a file.
+            if rel and not rel.endswith("/") and not _hidden(rel):
                 found.names.append(rel)
         found.names.sort()
     if not found.names:
@@ -97,9 +115,11 @@ def _field(meta: Mapping[str, Any], name: str) -> Any:
 def read_meta_file(meta_path: str, input_dir: str) -> Tuple[str, List[str]]:
     """Files from a ``{"FileCount": N, "FileDir": "/dir", "FileList": [...]}`` meta file."""
     fs, path = resolve(meta_path)
+    local = isinstance(fs, LocalFileSystem)
     try:
-        with fs.open(path, "rb") as f:
-            raw = f.read()
+        with contextlib.nullcontext() if local else object_store.remote_errors(meta_path, "reading meta file"):
+            with fs.open(path, "rb") as f:
+                raw = f.read()
     except FileNotFoundError:
         raise InputNotFoundError(f"input_file_meta_path {meta_path} does not exist")
     except OSError as e:
@@ -125,6 +145,18 @@ def read_meta_file(meta_path: str, input_dir: str) -> Tuple[str, List[str]]:
         raise MetaFileError(f"meta file {meta_path}: FileDir must be a directory path")
     dfs, root = resolve(file_dir)
     return (file_dir.rstrip("/") if is_url(file_dir) else display(dfs, root)), list(files)
+
+
+def ensure_output_dir(output_dir: str, create: bool) -> None:
+    """Check that ``output_dir`` exists, creating it if ``create`` (a bucket, on an object store)."""
+    fs, root = resolve(output_dir)
+    local = isinstance(fs, LocalFileSystem)
+    with contextlib.nullcontext() if local else object_store.remote_errors(output_dir, "opening output_dir"):
+        if fs.exists(root):
+            return
+        if not create:
+            raise InputNotFoundError(f"output_dir {output_dir} does not exist (auto_create_output_dir=False)")
+        fs.makedirs(root, exist_ok=True)
 
 
 def join(base: str, rel: str) -> str:
@@ -168,6 +200,7 @@ class FileSink(OutputSink):
         self.output_dir = output_dir
         self.fs, self.root = resolve(output_dir)
         self.local = isinstance(self.fs, LocalFileSystem)
+        self.flat = not self.local and object_store.is_object_store(self.fs)  # keys, no dirs, no rename
 
     def describe(self) -> Dict[str, Any]:
         return {"kind": self.kind, "dir": self.output_dir}
@@ -226,6 +259,8 @@ class FileSink(OutputSink):
 
         Returns the directories that did not exist (locally), whose entries the caller makes durable.
         """
+        if self.flat:
+            return []  # an object store has no directories: a key is made with its object
         created = durable.missing_dirs(directory, self.root) if self.local else []
         for attempt in range(10):
             try:
@@ -246,6 +281,9 @@ class FileSink(OutputSink):
 
     def publish(self, slice_id: str, staged: StagedRef) -> None:
         src, dst, _ = self._ref(staged, slice_id)
+        if self.flat:
+            object_store.publish(self.fs, src, dst, display(self.fs, dst))
+            return
         if not self.fs.exists(src):
             return  # already published (this is a repeat after a crash) or never written
         parent = posixpath.dirname(dst)
@@ -267,6 +305,8 @@ class FileSink(OutputSink):
 
     def _prune(self, directory: str) -> None:
         """Remove now-empty staging directories up to the output directory."""
+        if self.flat:
+            return  # prefixes vanish with their last object
         stop = self.root
         while directory.startswith(stop + "/") and directory != stop:
             try:
@@ -282,6 +322,12 @@ class FileSink(OutputSink):
 
     def discard(self, staged: StagedRef) -> None:
         _, _, attempt_dir = self._ref(staged, None)
+        if self.flat:
+            try:
+                object_store.remove_prefix(self.fs, attempt_dir)
+            except OSError:
+                pass  # what is left is removed with the staging area when the job's outputs are final
+            return
         try:
             if self.local:
                 shutil.rmtree(attempt_dir, ignore_errors=True)
@@ -294,6 +340,12 @@ class FileSink(OutputSink):
     def finalize(self, committed: Iterable[Tuple[str, StagedRef]]) -> None:
         """Everything still staged after all committed files are published belongs to losers."""
         staging = self.root + "/" + STAGING_DIR
+        if self.flat:
+            try:
+                object_store.remove_prefix(self.fs, staging)
+            except OSError:
+                pass
+            return
         try:
             if self.local:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -27,7 +27,7 @@ def _store(job_id: str, cfg: Optional[EtcdConfig], state_root: str) -> Store:
         if endpoint is None:
             raise JobError(f"job {job_id} is not running (no live etcd in {state.path}); pass --etcd for a "
                            f"job on an external etcd")
-        cfg = EtcdConfig([endpoint])
+        cfg = state.client_config(endpoint)
     return connect(cfg, job_id)
 
 
@@ -49,6 +49,24 @@ def request_stop(job_id: str, cfg: Optional[EtcdConfig], state_root: str) -> Dic
 def stop_requested(store: Store) -> bool:
     value = store.get_value(CONTROL)
     return bool(value and value.get("stop") is True)
+
+
+def request_fail(store: Store, reason: str, by: str) -> None:
+    """An `aimaster join` whose fault policy ended the job (a user error, the same error too often):
+    tell the job's master, which may run no worker of its own (``-n 0``) and would otherwise wait for
+    joiners that will never come back."""
+    store.put(CONTROL, {"fail": str(reason)[:2000], "by": str(by), "t": time.time()})
+
+
+def fail_requested(store: Store) -> Optional[str]:
+    """The reason a joiner's policy failed the job, if one did; "" for a malformed request."""
+    value = store.get_value(CONTROL)
+    if not value or "fail" not in value:
+        return None
+    reason, by = value.get("fail"), value.get("by")
+    if not isinstance(reason, str) or not isinstance(by, str):
+        return ""
+    return f"{reason} (decided by {by})"
 
 
 def clear_stop(store: Store) -> None:
@@ -94,5 +112,5 @@ def jobs_in_state_dir(state_root: str) -> List[str]:
         return []
 
 
-__all__ = ["request_stop", "stop_requested", "clear_stop", "index_job", "list_jobs", "jobs_in_state_dir",
-           "job_prefix"]
+__all__ = ["request_stop", "stop_requested", "request_fail", "fail_requested", "clear_stop", "index_job",
+           "list_jobs", "jobs_in_state_dir", "job_prefix"]

@@ -22,6 +22,7 @@ from typing import Any, Dict
 
 from aimaster.data import keys
 from aimaster.errors import AimasterError, EtcdDataError, JobError
+from aimaster.master import failed_slices, runs
 from aimaster.master import report as reporting
 from aimaster.master.monitor import JobView
 
@@ -84,13 +85,30 @@ class JobEnd:
         if state == SUCCEEDED or (state == FAILED and view.all_complete):
             state = self._finalize(state, view)
         report = self._report(state, view)
+        if not self.opts.join_only:  # the previous run's report is still there: carry its totals on
+            report["all_runs"] = runs.all_runs(self.state.read_json(self.state.report), report)
         self.state.write_json(self.state.report, report)
         if not self.opts.join_only:
             self._write_job(state, ended=time.time(), reason=self.fail_reason)
+        elif state == FAILED and self.fail_reason:
+            self._tell_master_failed()
         self.job_state = state
-        for line in reporting.summary_lines(report, self.state.report):
+        if self.display is not None:
+            self.display.close()  # the live line goes first: the summary must not be glued to it
+        lines = reporting.summary_lines(report, self.state.report)
+        lines[1:1] = runs.summary_lines(report)  # a resumed job: what all its runs add up to
+        for line in lines:
             print(line, file=self.out, flush=True)
         return EXIT_CODES[state]
+
+    def _tell_master_failed(self) -> None:
+        """A joiner's policy failed the job: the master (maybe with no worker of its own) must end it."""
+        from aimaster.master import control
+
+        try:
+            control.request_fail(self.store, self.fail_reason, self.session.worker_id)
+        except AimasterError as e:
+            print(f"aimaster: could not tell the job's master that the job failed: {e}", file=self.out, flush=True)
 
     def _last_view(self) -> JobView:
         """The view to end on: a job failing for a malformed record, or with etcd gone, still gets
@@ -133,9 +151,7 @@ class JobEnd:
                 if ds is None:
                     continue
                 committed += list(ds.committed())
-                for sid, rec in ds.failed():
-                    failed.append({"dataset": d.ds_id, "slice": sid, "error": rec.get("e"),
-                                   "attempts": rec.get("a")})
+                failed += failed_slices.failed_rows(ds)  # with each slice's items (files or row range)
             except EtcdDataError as e:  # the reason already says it, if that is why the job fails
                 view.ignored.append(str(e))
         stats = {wid: info.stats for wid, info in self.watch.workers.items()} if self.watch else {}

@@ -15,13 +15,15 @@ import signal
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from aimaster.master.launcher import LogOptions, Worker, WorkerProcess, stop_all
+from aimaster.master.launcher import LogOptions, Worker, stop_all
+from aimaster.master.launchers import Launcher, LocalLauncher
 
 
 class Fleet:
     def __init__(self, command: Sequence[str], env: Callable[[], Dict[str, str]], log_dir: str, id_suffix: str,
-                 logs: Optional[LogOptions] = None):
+                 logs: Optional[LogOptions] = None, launcher: Optional[Launcher] = None):
         self.logs = logs or LogOptions()
+        self.launcher = launcher or LocalLauncher()  # where workers run: aimaster.master.launchers
         self.command = list(command)
         self.env = env
         self.log_dir = log_dir
@@ -34,6 +36,9 @@ class Fleet:
         self._terminating: Dict[int, float] = {}  # id(worker) -> when to SIGKILL
         self.launched = 0
         self.replacements: Dict[int, int] = {}  # slot -> slow-worker replacements so far
+        # Told (worker, "TERM" | "KILL", reason) whenever we stop a worker: the supervisor records
+        # why in etcd (aimaster.master.stop_requests), so status can tell this from a preemption.
+        self.on_stop: Optional[Callable[[Worker, str, str], None]] = None
 
     # ------------------------------------------------------------------ who is there
     def live(self) -> List[Worker]:
@@ -64,8 +69,8 @@ class Fleet:
         return dead
 
     # ------------------------------------------------------------------ starting
-    def launch(self, slot: int, incarnation: int) -> WorkerProcess:
-        w = WorkerProcess(slot, self.command, self.env(), self.log_dir, incarnation, self.id_suffix, self.logs)
+    def launch(self, slot: int, incarnation: int) -> Worker:
+        w = self.launcher.start(slot, incarnation, self.command, self.env(), self.log_dir, self.id_suffix, self.logs)
         self.slots[slot] = w
         self.incarnations[slot] = incarnation
         self.launched += 1
@@ -91,7 +96,7 @@ class Fleet:
         now = time.monotonic()
         return [(slot, inc, cause) for slot, (when, inc, cause) in sorted(self.pending.items()) if when <= now]
 
-    def start_due(self) -> List[Tuple[WorkerProcess, str]]:
+    def start_due(self) -> List[Tuple[Worker, str]]:
         started = []
         for slot, incarnation, cause in self.due():
             del self.pending[slot]
@@ -99,7 +104,7 @@ class Fleet:
         return started
 
     # ------------------------------------------------------------------ replacing and stopping
-    def replace(self, worker: Worker) -> WorkerProcess:
+    def replace(self, worker: Worker) -> Worker:
         """Start a fresh incarnation in a slow worker's slot now; the old one retires once it runs."""
         slot = worker.slot
         self.slots.pop(slot, None)
@@ -115,13 +120,19 @@ class Fleet:
         if id(worker) in self._terminating or worker.poll() is not None:
             return
         worker.stop_reason = worker.stop_reason or reason
+        self._note(worker, "TERM")
         worker.signal(signal.SIGTERM)
         worker.signal(signal.SIGCONT)  # a stopped process handles SIGTERM only once it runs again
         self._terminating[id(worker)] = time.monotonic() + grace
 
     def kill(self, worker: Worker, reason: str) -> None:
         worker.stop_reason = reason
+        self._note(worker, "KILL")
         worker.signal(signal.SIGKILL)
+
+    def _note(self, worker: Worker, signal_name: str) -> None:
+        if self.on_stop is not None:
+            self.on_stop(worker, signal_name, worker.stop_reason or "stopped")
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -133,4 +144,5 @@ class Fleet:
     def stop_all(self, grace: float, reason: str) -> None:
         for w in self.live():
             w.stop_reason = w.stop_reason or reason
+            self._note(w, "TERM")
         stop_all(self.live(), grace)

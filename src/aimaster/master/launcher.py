@@ -17,8 +17,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from aimaster.master.logpump import worker_lines
 from aimaster.master.policy import oom_kill_count
 
 TAIL_BYTES = 8192
@@ -86,10 +87,18 @@ class Worker:
         except OSError:
             return []
         text = data.decode("utf-8", "replace")
-        return [line for line in text.splitlines() if line.strip()][-lines:]
+        return [line for line in worker_lines(text) if line.strip()][-lines:]  # as written: no stamps
 
     def _flush_logs(self) -> None:
         """Let the log pump write what the worker printed last (before its exit is classified)."""
+
+    def kill_leftovers(self) -> None:
+        """After its exit: SIGKILL what the worker forked (DataLoader workers), its process group."""
+        if self.pid > 0:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def last_error_line(self) -> str:
         tail = self.stderr_tail(5)
@@ -108,6 +117,38 @@ def _tail(path: str, nbytes: int) -> bytes:
             return f.read()
     except OSError:
         return b""
+
+
+def worker_env(env: Dict[str, str], worker_id: str, slot: int, incarnation: int) -> Dict[str, str]:
+    """The job's environment plus who this worker is (every launcher gives its workers these)."""
+    env = dict(env, AIMASTER_WORKER_ID=worker_id, AIMASTER_WORKER_SLOT=str(slot),
+               AIMASTER_WORKER_INCARNATION=str(incarnation))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def start_pump(worker_id: str, slot: int, incarnation: int, out_path: str, err_path: str,
+               logs: LogOptions) -> Tuple[subprocess.Popen, int, int]:
+    """A log pump process for one worker, fed through two pipes: (pump, stdout write fd, stderr write fd).
+
+    The caller hands the write ends to the worker (or writes to them itself) and closes them.
+    """
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        pump = subprocess.Popen(
+            [sys.executable, "-I", LOG_PUMP, str(out_r), str(err_r), out_path, err_path,
+             str(logs.max_bytes), str(logs.backups), worker_id if logs.tee else "",
+             f"{worker_id} started: slot {slot}" + (f", relaunch {incarnation}" if incarnation else "")],
+            pass_fds=(out_r, err_r), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+    except BaseException:
+        os.close(out_w)
+        os.close(err_w)
+        raise
+    finally:
+        os.close(out_r)
+        os.close(err_r)
+    return pump, out_w, err_w
 
 
 class WorkerProcess(Worker):
@@ -130,28 +171,16 @@ class WorkerProcess(Worker):
             self.err_offset = os.path.getsize(self.err_path)
         except OSError:
             self.err_offset = 0
-        env = dict(env, AIMASTER_WORKER_ID=self.worker_id, AIMASTER_WORKER_SLOT=str(slot),
-                   AIMASTER_WORKER_INCARNATION=str(incarnation))
-        env.setdefault("PYTHONUNBUFFERED", "1")
+        env = worker_env(env, self.worker_id, slot, incarnation)
         self.started = time.time()
         self.oom_kills_before = oom_kill_count()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        self.pump, out_w, err_w = start_pump(self.worker_id, slot, incarnation, self.out_path, self.err_path, logs)
         try:
-            self.pump = subprocess.Popen(
-                [sys.executable, "-I", LOG_PUMP, str(out_r), str(err_r), self.out_path, self.err_path,
-                 str(logs.max_bytes), str(logs.backups), self.worker_id if logs.tee else ""],
-                pass_fds=(out_r, err_r), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                start_new_session=True)
-            os.close(out_r)
-            os.close(err_r)
-            out_r = err_r = -1
             self.proc = subprocess.Popen(list(command), env=env, stdout=out_w, stderr=err_w,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         finally:
-            for fd in (out_r, err_r, out_w, err_w):
-                if fd >= 0:
-                    os.close(fd)
+            os.close(out_w)
+            os.close(err_w)
 
     @property
     def pid(self) -> int:

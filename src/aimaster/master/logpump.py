@@ -3,7 +3,7 @@
 Run by the launcher as a small process of its own (standard library only, started with ``-I``), one
 per worker, reading the worker's two pipes::
 
-    python -I logpump.py OUT_FD ERR_FD OUT_PATH ERR_PATH MAX_BYTES BACKUPS TEE_PREFIX
+    python -I logpump.py OUT_FD ERR_FD OUT_PATH ERR_PATH MAX_BYTES BACKUPS TEE_PREFIX [BANNER]
 
 It is a process, not a thread of the master, so that a master killed with SIGKILL does not take the
 read ends of the pipes with it: the workers it launched keep running (a new master adopts them), and
@@ -16,14 +16,61 @@ a full pipe because of its logs. ``worker-N.out`` grows to ``MAX_BYTES``, then b
 ``worker-N.out.1`` (``.1`` becomes ``.2``, ..., the oldest beyond ``BACKUPS`` is deleted).
 With a ``TEE_PREFIX``, every line is also written to this process's stderr (the master's console),
 prefixed with it.
+
+Every line in the files starts with the UTC time the pump read it (``2026-12-01T12:00:35.123Z ``,
+:data:`STAMP`), so that a worker's output can be read against the master's events and the two
+streams merged in order (``aimaster logs``). A ``BANNER`` is written first to both files: the
+separator a relaunch leaves between one incarnation's output and the next
+(:data:`SEPARATOR` starts it). :func:`strip_line` gives a line back as the worker wrote it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import signal
 import sys
+import time
+
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
+SEPARATOR = "===== aimaster: "
+
+
+def stamp_now() -> bytes:
+    now = time.time()
+    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z ").encode()
+
+
+def strip_line(line: str) -> str:
+    """A log line as the worker wrote it (its time stamp removed)."""
+    m = STAMP.match(line)
+    return line[m.end():] if m else line
+
+
+def worker_lines(text: str):
+    """The lines a worker wrote, from a log file's text: stamps removed, separators left out."""
+    lines = (strip_line(line) for line in text.splitlines())
+    return [line for line in lines if not line.startswith(SEPARATOR)]
+
+
+class Stamper:
+    """Puts the time at the start of every line of a stream that arrives in arbitrary chunks."""
+
+    def __init__(self) -> None:
+        self.at_line_start = True
+
+    def __call__(self, data: bytes) -> bytes:
+        stamp = stamp_now()
+        parts = data.split(b"\n")
+        out = []
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if last and not part:
+                break  # the data ended with a line break: the next chunk starts a line
+            out.append((stamp if (self.at_line_start or i > 0) else b"") + part + (b"" if last else b"\n"))
+        self.at_line_start = data.endswith(b"\n")
+        return b"".join(out)
 
 
 class RotatingFile:
@@ -73,9 +120,11 @@ class RotatingFile:
 def pump(fds, files, tee_prefix: str) -> None:
     sel = selectors.DefaultSelector()
     partial = {}
+    stampers = {}
     for name, fd in fds.items():
         sel.register(fd, selectors.EVENT_READ, name)
         partial[name] = b""
+        stampers[name] = Stamper()
     open_fds = len(fds)
     while open_fds:
         for key, _ in sel.select():
@@ -91,7 +140,7 @@ def pump(fds, files, tee_prefix: str) -> None:
                 if tee_prefix and partial[name]:
                     _tee(tee_prefix, name, partial[name] + b"\n")
                 continue
-            files[name].write(data)
+            files[name].write(stampers[name](data))
             if tee_prefix:
                 buf = partial[name] + data
                 cut = buf.rfind(b"\n")
@@ -111,11 +160,15 @@ def _tee(prefix: str, name: str, lines: bytes) -> None:
 
 
 def main(argv) -> None:
-    out_fd, err_fd, out_path, err_path, max_bytes, backups, tee_prefix = argv
+    out_fd, err_fd, out_path, err_path, max_bytes, backups, tee_prefix = argv[:7]
+    banner = argv[7] if len(argv) > 7 else ""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     max_b, keep = int(max_bytes), int(backups)
     files = {"out": RotatingFile(out_path, max_b, keep), "err": RotatingFile(err_path, max_b, keep)}
+    if banner:
+        for f in files.values():
+            f.write(stamp_now() + (SEPARATOR + banner + " =====\n").encode())
     pump({"out": int(out_fd), "err": int(err_fd)}, files, tee_prefix)
 
 

@@ -29,6 +29,7 @@ the master: a job is never left "Running" by a master that has gone.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -43,17 +44,20 @@ from aimaster.data.etcd_server import EmbeddedEtcd
 from aimaster.data.runtime import USER_ERROR_EXIT
 from aimaster.data.session import WorkerSession
 from aimaster.data.store import EtcdConfig, Store, job_prefix, retry_seconds_from_env
-from aimaster.errors import AimasterError, EtcdDataError, JobError
-from aimaster.master import control, readback
+from aimaster.errors import AimasterError, EtcdDataError, EtcdUnavailableError, JobError
+from aimaster.master import control, hopeless, preempted, readback, remote, retry, slice_timeout, stop_requests
 from aimaster.master.election import MasterKey
 from aimaster.master.ending import EXIT_CODES, FAILED, PENDING, RUNNING, STOPPED, SUCCEEDED, TERMINAL, JobEnd
 from aimaster.master.etcd_guard import EtcdGuard
 from aimaster.master.fleet import Fleet
 from aimaster.master.hang import HangDetector
+from aimaster.master.join_supervisor import StopRequestFollower
 from aimaster.master.launcher import AdoptedWorker, LogOptions, Worker, runs_worker, stop_all
 from aimaster.master.monitor import JobMonitor, JobView
 from aimaster.master.policy import Failure, FaultPolicy, classify_exit
 from aimaster.master.progress import ProgressDisplay, progress_interval
+from aimaster.master.remote import JoinedWorkers
+from aimaster.master.slice_timeout import SliceTimeout
 from aimaster.master.slowness import SlowWorkerPolicy
 from aimaster.master.state_dir import JobStateDir
 from aimaster.master.sync import SyncRestarts
@@ -91,19 +95,31 @@ class RunOptions:
     slow_min_samples: int = 5
     completion_grace: float = 1.0  # after the last commit, how long moot attempts may still run
     metrics_port: Optional[int] = None  # serve Prometheus metrics on this port (None: off)
+    metrics_grace: float = 0.0  # seconds the endpoint serves the final values after the job ended
     log_max_bytes: int = 50 * 1024 * 1024  # per worker log file, before it is rotated
     log_backups: int = 3  # rotated files kept per worker log (worker-N.out.1 ...)
     tee: bool = False  # also print workers' output on the console, each line prefixed with its worker
+    slice_timeout: Optional[float] = None  # abandon attempts running longer (aimaster.master.slice_timeout)
+    retry_failed: bool = False  # `aimaster retry`: put the failed slices back first (aimaster.master.retry)
+    listen: Optional[Any] = None  # --listen: aimaster.security.listen.Listen (None: loopback only)
+    launcher: Optional[Any] = None  # --launcher: aimaster.master.launchers.Launcher (None: local processes)
 
 
 def connect(cfg: EtcdConfig, job_id: str, probe_seconds: float = 5.0) -> Store:
     """A store for the job, failing fast (one line) when etcd is unreachable or refuses us."""
-    probe = EtcdConfig(**{**cfg.__dict__, "retry_seconds": probe_seconds})
+    from aimaster.security.diagnose import check_client_cert, refine
+
+    check_client_cert(cfg)  # an expired certificate: one line now, not after the probe
+    # A shorter retry window ($AIMASTER_ETCD_RETRY_SECONDS) shortens the probe too.
+    probe = EtcdConfig(**{**cfg.__dict__, "retry_seconds": min(probe_seconds, cfg.retry_seconds)})
     store = Store(probe, job_prefix(job_id))
     key = store.key(keys.JOB)
     # Raises EtcdUnavailableError naming the endpoints. The value is not decoded here: what a
     # malformed job record means is for the caller to say (the master ends the job, naming it).
-    store.call(f"get {key}", lambda c: c.get(key))
+    try:
+        store.call(f"get {key}", lambda c: c.get(key))
+    except EtcdUnavailableError as e:
+        raise refine(cfg, e)  # a refused TLS handshake looks like a dead server to gRPC: say which
     store.cfg = cfg
     return store
 
@@ -121,6 +137,9 @@ class Master(JobEnd):
         self.fleet: Optional[Fleet] = None
         self.watch: Optional[WorkerWatch] = None
         self.hang = HangDetector(opts.hang_interval) if opts.hang_detection else None
+        self.slice_timeout = SliceTimeout(opts.slice_timeout) if opts.slice_timeout else None
+        self.stop_cause = "stopped"  # "preempted" once SIGTERM asked us to stop
+        self.joiner_failed: Optional[str] = None  # an `aimaster join`'s policy failed the job: why
         self.slow = SlowWorkerPolicy(opts.slow_multiplier, opts.slow_min_samples)
         self.history: List[Dict[str, Any]] = []
         self.relaunches: Dict[str, int] = {}
@@ -179,9 +198,12 @@ class Master(JobEnd):
         finally:
             if self.display is not None:
                 self.display.close()
-            if self.metrics is not None:
-                self.metrics.close()
-            self._shutdown()
+            try:
+                self._shutdown()
+            finally:
+                if self.metrics is not None:  # the final values stay scrapable a while (--metrics-grace)
+                    self.metrics.linger(self.opts.metrics_grace, self.job_state, self.stop_requested, self._log)
+                    self.metrics.close()
 
     def _etcd_config(self) -> Optional[EtcdConfig]:
         if self.opts.etcd is not None:
@@ -199,11 +221,17 @@ class Master(JobEnd):
             with self.state.etcd_lock():
                 endpoint = self.state.running_etcd()
                 if endpoint is None:
+                    self.state.security().set_listen(self.opts.listen)  # TLS material made here, kept
                     self.etcd = self.state.start_etcd()
                     endpoint = self.etcd.endpoint
         if self.etcd is None:
             self._notes.append(f"reusing the job's embedded etcd still running at {endpoint}")
-        return EtcdConfig([endpoint], retry_seconds=retry_seconds_from_env())
+        if not self.opts.join_only:
+            from aimaster.security.publish import publish_bundle
+
+            self._notes += publish_bundle(self.state, endpoint, self.opts.workers, self.opts.command,
+                                          ignored_listen=self.opts.listen if self.etcd is None else None)
+        return self.state.client_config(endpoint, retry_seconds=retry_seconds_from_env())
 
     def _become_master(self) -> Optional[int]:
         """Take the master key (or stand by for it), then write the job record. An exit code ends the run."""
@@ -246,6 +274,8 @@ class Master(JobEnd):
                         min_workers=self.opts.min_workers, options=self._job_options())
         if bad_record is not None:
             return self._fail_on_bad_record(bad_record)
+        if self.opts.retry_failed:
+            retry.reset_failed(self.session, self._notes.append)
         if previous:
             self._log(f"resuming job {self.opts.job_id} (run {self.generation})")
         return None
@@ -282,7 +312,14 @@ class Master(JobEnd):
     def _join_setup(self) -> None:
         """`aimaster join`: follow the job's own settings (hang detection, speculation, fault policy)."""
         me = f"{JOINERS}{socket.gethostname()}-{os.getpid()}"
-        self.session.leased(lambda lease: self.store.put(me, {"pid": os.getpid(), "t": time.time()}, lease=lease))
+
+        def announce() -> None:
+            self.session.leased(lambda lease: self.store.put(me, {"pid": os.getpid(), "t": time.time()}, lease=lease))
+
+        announce()
+        # Cut off from etcd past the TTL, our key went with the old lease: the master would no longer
+        # wait for us at the end and could stop the job's etcd under our workers. Announce again.
+        self.session.on_new_lease(announce)
         try:
             record = self.store.get_value(keys.JOB)
             options = (readback.check_job(record, self.store.key(keys.JOB)) or {}).get("options") or {}
@@ -298,21 +335,43 @@ class Master(JobEnd):
         for name in ("speculation", "speculation_multiplier", "max_slice_copies", "max_slice_attempts"):
             if name in options and isinstance(options[name], type(getattr(o, name))):
                 setattr(o, name, options[name])
+        if isinstance(options.get("slice_timeout"), (int, float)) and options["slice_timeout"] > 0:
+            self.slice_timeout = SliceTimeout(options["slice_timeout"])  # each supervisor times its own workers
         try:  # Sync mode restarts every machine's workers: a joiner must know the job runs in it
             o.policy = FaultPolicy(options.get("execution_mode", o.policy.execution_mode),
                                    options.get("fault_tolerant_policy", o.policy.policy),
                                    options.get("max_num_of_same_error", o.policy.max_same_error))
         except (AimasterError, TypeError):
             self._log("warning: ignoring the job's malformed fault policy options")
-        self.generation = int(time.time()) % 100000
+        if isinstance(options.get("fail_fast"), bool):
+            o.policy.fail_fast = options["fail_fast"]
+        for name, attr in (("slow_worker_multiplier", "slow_multiplier"),
+                           ("slow_worker_min_samples", "slow_min_samples"), ("completion_grace", "completion_grace")):
+            value = options.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+                setattr(o, attr, type(getattr(o, attr))(value))
+        self.slow = SlowWorkerPolicy(o.slow_multiplier, max(1, int(o.slow_min_samples)))
+        # Our workers' ids end in g<this>: random, so that joiners started in the same second (all the
+        # pods of a Kubernetes Job) never share worker ids, which key their stats, beats and stop requests.
+        self.generation = 2 + secrets.randbelow(10**9)
+
+    def _record_stop(self, w: Worker, signal_name: str, reason: str) -> None:
+        """Say in etcd why a worker is stopped (a joined worker's supervisor acts on it)."""
+        try:
+            stop_requests.request(self.store, w.worker_id, signal_name, reason, self.session.worker_id)
+        except AimasterError as e:  # etcd away: a local worker is signalled anyway
+            self._warn_once(f"could not record the stop of worker {w.worker_id}: {e}")
 
     def _job_options(self) -> Dict[str, Any]:
         o = self.opts
         return {"hang_detection": o.hang_detection, "hang_interval": o.hang_interval, "lease_ttl": o.lease_ttl,
                 "max_slice_attempts": o.max_slice_attempts, "speculation": o.speculation,
                 "speculation_multiplier": o.speculation_multiplier, "max_slice_copies": o.max_slice_copies,
-                "slow_worker_multiplier": o.slow_multiplier, "execution_mode": o.policy.execution_mode,
-                "fault_tolerant_policy": o.policy.policy, "max_num_of_same_error": o.policy.max_same_error}
+                "slow_worker_multiplier": o.slow_multiplier, "slow_worker_min_samples": o.slow_min_samples,
+                "completion_grace": o.completion_grace, "fail_fast": getattr(o.policy, "fail_fast", True),
+                "execution_mode": o.policy.execution_mode,
+                "fault_tolerant_policy": o.policy.policy, "max_num_of_same_error": o.policy.max_same_error,
+                "slice_timeout": o.slice_timeout}
 
     def _write_job(self, state: str, **extra: Any) -> None:
         # From what we wrote last, never from what reads back: a value written over ours by hand
@@ -334,7 +393,12 @@ class Master(JobEnd):
                   or k == "AIMASTER_STANDALONE"]:
             env.pop(k)
         o = self.opts
-        env.update(self.store.cfg.to_env())
+        if self.opts.etcd is None:  # the job's embedded etcd: workers get the worker's credentials, not root's
+            from aimaster.security.publish import worker_config
+
+            env.update(worker_config(self.state, self.store.cfg).to_env())
+        else:
+            env.update(self.store.cfg.to_env())
         env["AIMASTER_JOB_ID"] = o.job_id
         env["AIMASTER_LEASE_TTL"] = str(o.lease_ttl)
         env["AIMASTER_MAX_SLICE_ATTEMPTS"] = str(o.max_slice_attempts)
@@ -351,9 +415,15 @@ class Master(JobEnd):
         # Worker ids stay unique across master restarts and joins (stats are kept per worker id).
         suffix = f"g{self.generation}" if self.generation > 1 or opts.join_only else ""
         self.fleet = Fleet(opts.command, self._etcd_env, self.state.logs, suffix,
-                           logs=LogOptions(opts.log_max_bytes, opts.log_backups, opts.tee))
+                           logs=LogOptions(opts.log_max_bytes, opts.log_backups, opts.tee), launcher=opts.launcher)
+        if opts.launcher is not None and opts.launcher.name != "local":
+            self._log(f"launcher: {opts.launcher.describe()}")
         if opts.policy.execution_mode == "Sync":
             self.sync = SyncRestarts(self.store, self.session.worker_id, self._log)
+        # Why we stop a worker goes to etcd (stop/<w>); workers we cannot signal are stopped by request.
+        self.fleet.on_stop = self._record_stop
+        self.joined = None if opts.join_only else JoinedWorkers(self.watch, self._record_stop)
+        self.follower = StopRequestFollower(self.fleet, self.store, self._log) if opts.join_only else None
         try:
             view = self._view()
             self.watch.refresh(self._ds_ids(view))
@@ -381,9 +451,14 @@ class Master(JobEnd):
         """One round of the control loop; an exit code ends the run."""
         opts = self.opts
         self._check_control()
+        if self.joiner_failed:
+            self.fail_reason = self.joiner_failed
+            self._stop_workers()
+            self._reap(False)
+            return self._finish(FAILED)
         if self.stop_requested.is_set():
             self._log("stopping: terminating workers (the job can be resumed with the same --job-id)")
-            self.fleet.stop_all(opts.stop_grace, "stopped")
+            self.fleet.stop_all(opts.stop_grace, self.stop_cause)
             self._reap(False)
             return self._finish(STOPPED)
         if self.key is not None and self.key.still_ours() is False:
@@ -401,8 +476,14 @@ class Master(JobEnd):
             return code
         for info in departed:
             self._give_back_held(info.held)
+        if self.follower is not None:
+            self.follower.follow(self.watch)  # the master's stop requests for our workers
+        if self.joined is not None:
+            remote.supervise(self, view, complete)  # workers of `aimaster join`s: by stop request
         if not complete:
             self._detect_hangs()
+            if self.slice_timeout is not None:
+                self.slice_timeout.enforce(self, self._ds_ids(view))
             self._replace_slow(view)
         self._retire_replaced()
         if complete:
@@ -434,6 +515,10 @@ class Master(JobEnd):
             if control.stop_requested(self.store):
                 self._log(f"stop requested for job {self.opts.job_id} (aimaster stop)")
                 self.stop_requested.set()
+            failed = control.fail_requested(self.store)
+            if failed:
+                self._log(f"an `aimaster join` ended job {self.opts.job_id}: {failed}")
+                self.joiner_failed = failed
         except AimasterError as e:  # a malformed control value: report it, do not stop on it
             self._log(f"warning: ignoring the job's control key: {e}")
 
@@ -501,8 +586,14 @@ class Master(JobEnd):
         failure: Optional[Failure] = None
         if w.adopted:
             entry.update(adopted=True, exit=None)
+        if preempted.handle(self, w, entry, complete):
+            return None  # SIGTERM from outside: slices given back, relaunched; not a failure
         if w.stop_reason == "hang":
             failure = Failure("hang", int(opts.hang_interval), w.last_error_line())
+        elif w.stop_reason == slice_timeout.STOP_REASON and self.slice_timeout is not None:
+            entry["stopped"] = w.stop_reason  # the slice's failure (recorded on it), not the worker's
+            self._give_back(w, None)
+            return self.slice_timeout.relaunch(self, w, complete)
         elif w.stop_reason:
             entry["stopped"] = w.stop_reason  # the master's own doing: slow, moot, sync, stopped
         elif w.adopted:
@@ -524,6 +615,8 @@ class Master(JobEnd):
             return self._finish(FAILED)
         self._log(f"worker {w.worker_id} (pid {w.pid}) {failure.describe()}")
         reason = opts.policy.record(failure)
+        if reason is None and opts.policy.fail_fast:
+            reason = hopeless.verdict(self, w, failure)  # the same crash on every slot: stop relaunching
         if reason is not None:
             self.fail_reason = reason
             self._stop_workers()
@@ -544,10 +637,7 @@ class Master(JobEnd):
                 ds_id, sid = ref.split("/", 1)
                 self._on_slice(ds_id, sid, lambda ds, sid=sid: ds.record_error(sid, w.worker_id, error))
         if not w.adopted:
-            try:  # whatever the worker forked (DataLoader workers) goes with it
-                os.killpg(w.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            w.kill_leftovers()  # whatever the worker forked (DataLoader workers) goes with it
         gone = not w.adopted or getattr(w, "local", False)
         lease = info.record.get("lease") if info is not None and info.registered else None
         if gone and isinstance(lease, int):
@@ -625,7 +715,7 @@ class Master(JobEnd):
                       f"{', '.join(self.adopted)}")
 
     def _detect_hangs(self) -> None:
-        if self.hang is None:
+        if self.hang is None or (self.follower is not None and self.follower.master_decides()):
             return
         for w in self.fleet.live():
             idle = self.hang.hung(w, self.watch.get(w.worker_id))
@@ -635,7 +725,7 @@ class Master(JobEnd):
                 self.fleet.kill(w, "hang")
 
     def _replace_slow(self, view: JobView) -> None:
-        if not self.slow.enabled:
+        if not self.slow.enabled or (self.follower is not None and self.follower.master_decides()):
             return
         live = self.fleet.live()
         # With little left to hand out, a replacement would arrive too late; speculation covers the tail.
@@ -796,6 +886,9 @@ class Master(JobEnd):
         def request_stop(signum, frame):
             if self.stop_requested.is_set():
                 raise KeyboardInterrupt
+            # SIGTERM is a preemption of this host (`aimaster join` relays it to its workers);
+            # Ctrl-C is a user stopping the job.
+            self.stop_cause = "preempted" if signum == signal.SIGTERM else "stopped"
             self.stop_requested.set()
 
         signal.signal(signal.SIGINT, request_stop)
@@ -806,6 +899,8 @@ class Master(JobEnd):
             return  # the workers and etcd belong to the master that took over
         if self.fleet is not None and self.fleet.live():
             stop_all(self.fleet.live(), self.opts.stop_grace)
+        if self.opts.launcher is not None:
+            self.opts.launcher.close()  # no Ray actor left behind
         if self.key is not None and self.store is not None:
             self.key.release()
         if self.guard is not None and self.store is not None:

@@ -10,6 +10,9 @@
 the job, so a bug that kills every worker does not relaunch forever. "The same" is decided on the
 message with what differs between occurrences of one error masked (:func:`normalise`): attempt and
 random ids, numbers, paths, addresses.
+Unless ``--max-num-of-same-error`` is given, a *hopeless* crash -- every slot dying the same way
+before anything is committed (a ``SyntaxError``, a missing module, code that raises on every input)
+-- fails the job at once, its traceback printed once (:mod:`aimaster.master.hopeless`).
 ``--job-execution-mode``: ``Async`` relaunches only the failed worker; ``Sync`` restarts every worker.
 
 A failure is classified from what the master can see of a dead worker: its exit code, or the signal
@@ -154,6 +157,9 @@ class FaultPolicy:
     execution_mode: str = "Async"
     policy: str = "OnFailure"
     max_same_error: int = 20
+    # Fail at once when every slot dies the same way before anything is committed (see
+    # aimaster.master.hopeless). Off when --max-num-of-same-error is given: the user chose the count.
+    fail_fast: bool = True
 
     def __post_init__(self) -> None:
         if self.execution_mode not in EXECUTION_MODES:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Tuple
 
+from aimaster.data.preemption import preempted_at
+from aimaster.master.failed_slices import item_summary
 from aimaster.master.monitor import JobView
 from aimaster.master.progress import format_duration
 
@@ -44,6 +46,7 @@ def worker_rows(view: JobView, stats_by_worker: Dict[str, Dict[str, Any]]) -> Li
             "items_per_s": round(w.items / elapsed, 2) if elapsed else 0.0,
             "copies": stats.get("copies", 0), "copies_won": stats.get("copies_won", 0),
             "copies_lost": stats.get("copies_lost", 0), "primaries_lost": stats.get("primaries_lost", 0),
+            "preempted": preempted_at(stats) is not None,
         })
         rows.append(row)
     return rows
@@ -81,12 +84,23 @@ def summary_lines(report: Dict[str, Any], report_path: str) -> List[str]:
                      f"{sp.get('lost', 0)} lost")
     if relaunches:
         lines.append("  relaunches by cause: " + ", ".join(f"{k} {v}" for k, v in sorted(relaunches.items())))
+    preempted = [e["worker"] for e in report.get("worker_exits", [])
+                 if e.get("preempted") or e.get("stopped") == "preempted"]
+    if preempted:
+        lines.append(f"  preempted (SIGTERM; slices given back at once, not counted as failures): "
+                     f"{', '.join(preempted[:12])}" + (" ..." if len(preempted) > 12 else ""))
     if report.get("replaced_slow"):
         lines.append(f"  slow workers replaced: {', '.join(report['replaced_slow'])}")
     if report.get("adopted"):
         lines.append(f"  workers adopted from the previous master: {', '.join(report['adopted'])}")
-    for f in report.get("failed_slices", [])[:20]:
+    failed = report.get("failed_slices", [])
+    for f in failed[:20]:
         lines.append(f"  failed slice {f['dataset']}/{f['slice']}: {f['error']}")
+        if f.get("items"):
+            lines.append(f"    items: {item_summary(f)}")
+    if failed:
+        lines.append(f"  {len(failed)} failed slice(s) with their items: aimaster status --job-id {report['job_id']} "
+                     f"--failed [--json]; once the cause is fixed: aimaster retry --job-id {report['job_id']}")
     busy = [w for w in report.get("workers", []) if w.get("slices")]
     if busy:
         lines.append("  per-worker throughput: " + ", ".join(

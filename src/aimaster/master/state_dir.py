@@ -8,6 +8,11 @@ Layout (default root ``./.aimaster``, or ``--state-dir`` / ``$AIMASTER_STATE_DIR
     <root>/jobs/<job-id>/report.json    the job report, written when the job ends
     <root>/jobs/<job-id>/etcd.lock      held while a process finds or starts the embedded etcd
 
+Each job's root is also noted in the user's job index (:mod:`aimaster.master.job_index`), so that
+``aimaster status`` (and ``retry``) run from another directory still find it.
+    <root>/jobs/<job-id>/security/      TLS material of a job that serves other hosts (aimaster.security)
+    <root>/jobs/<job-id>/join.json      the join bundle other hosts use (mode 0600)
+
 Keeping etcd's data here is what makes a job resumable after everything was killed: re-running with
 the same job id restarts etcd on the same data, and committed slices are never redone.
 
@@ -47,6 +52,9 @@ class JobStateDir:
 
     def create(self) -> JobStateDir:
         os.makedirs(self.logs, exist_ok=True)
+        from aimaster.master import job_index
+
+        job_index.note(self.root, self.job_id)  # so `aimaster status` finds it from any directory
         return self
 
     def exists(self) -> bool:
@@ -96,24 +104,67 @@ class JobStateDir:
 
         With ``port`` (a restart under running workers) exactly that port is used, since every
         client already knows it; otherwise the old ports are reused when free, new ones taken if not.
+        A job with security material (:mod:`aimaster.security.job_security`) serves TLS with client
+        certificates, on loopback and on this run's ``--listen`` address, and its users are set up.
         """
+        from aimaster.data.store import job_prefix
+        from aimaster.security.listen import check_bindable, free_port_on
+
         os.makedirs(self.etcd_dir, exist_ok=True)
+        security = self.security()
+        listen = security.listen()
+        hosts = security.listen_hosts()
         info = self.read_json(self.etcd_info) or {}
-        if port is None:
+        if port is None and listen is not None and listen.port is not None:
+            port = listen.port
+            for host in hosts:
+                check_bindable(host, port)  # one line naming the address, not an etcd log to read
+        elif port is None:
             port = info.get("port") if isinstance(info.get("port"), int) else None
-            if port is not None and _port_open(port):
+            if port is not None and (_port_open(port) or not _bindable(hosts, port)):
                 port = None
             peer_port = info.get("peer_port") if isinstance(info.get("peer_port"), int) else None
             if peer_port is not None and _port_open(peer_port):
                 peer_port = None
-        etcd = EmbeddedEtcd(data_dir=self.etcd_dir, client_port=port or free_port(),
-                            log_path=os.path.join(self.path, "etcd.log"))
+        if port is None:
+            port = free_port_on(hosts) if listen is not None else free_port()
+        etcd = EmbeddedEtcd(data_dir=self.etcd_dir, client_port=port, log_path=os.path.join(self.path, "etcd.log"),
+                            tls=security.server_tls(), listen_hosts=hosts,
+                            advertise=listen.advertise if listen is not None else None)
         if isinstance(peer_port, int):
             etcd.peer_port = peer_port
         etcd.start()
+        try:
+            security.set_up_auth(etcd.endpoint, job_prefix(self.job_id))
+        except Exception:
+            etcd.stop()
+            raise
         self.write_json(self.etcd_info, {"pid": etcd.process.pid, "port": etcd.client_port,
                                          "peer_port": etcd.peer_port})
         return etcd
+
+    def security(self):
+        """The job's TLS material and listen settings (:class:`~aimaster.security.job_security.JobSecurity`)."""
+        from aimaster.security.job_security import JobSecurity
+
+        return JobSecurity(self.path, self.job_id)
+
+    def client_config(self, endpoint: str, retry_seconds: Optional[float] = None):
+        """How a process of this host reaches the job's embedded etcd at ``endpoint`` (root's
+        certificate when the job is secure; plain otherwise)."""
+        return self.security().client_config([endpoint], retry_seconds=retry_seconds)
+
+
+def _bindable(hosts, port: int) -> bool:
+    from aimaster.errors import ConfigError
+    from aimaster.security.listen import check_bindable
+
+    try:
+        for host in hosts:
+            check_bindable(host, port)
+    except ConfigError:
+        return False
+    return True
 
 
 class StateLock:

@@ -16,15 +16,18 @@ import contextlib
 import os
 import re
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from aimaster.data.etcd_server import EmbeddedEtcd
 from aimaster.data.store import EtcdConfig
-from aimaster.errors import JobError
+from aimaster.errors import EtcdUnavailableError, JobError
+from aimaster.master import job_index
+from aimaster.master.failed_slices import failed_rows, item_summary
 from aimaster.master.master import connect
 from aimaster.master.monitor import JobMonitor
 from aimaster.master.progress import format_duration
-from aimaster.master.state_dir import JobStateDir
+from aimaster.master.state_dir import JobStateDir, default_root
+from aimaster.master.stop_requests import how_workers_left
 
 
 def latest_job(root: str) -> str:
@@ -34,8 +37,33 @@ def latest_job(root: str) -> str:
     except OSError:
         entries = []
     if not entries:
-        raise JobError(f"no jobs in state directory {root}; pass --job-id (and --etcd for a remote job)")
+        raise JobError(f"no jobs in state directory {os.path.abspath(root)}; pass --job-id (and --etcd for a "
+                       f"remote job) or --state-dir")
     return max(entries, key=lambda e: e.stat().st_mtime).name
+
+
+def locate(job_id: Optional[str], root: str) -> Tuple[str, str]:
+    """``(job id, state root)`` of the job to show: in ``root``, else -- when ``root`` is only the
+    default ``./.aimaster`` -- wherever the user's job index (:mod:`.job_index`) last saw it, so
+    ``aimaster status`` works from any directory. Errors say everywhere that was looked."""
+    explicit = os.path.abspath(root) != os.path.abspath(default_root()) or bool(os.environ.get("AIMASTER_STATE_DIR"))
+    if job_id:
+        if JobStateDir(root, job_id).exists() or explicit:
+            return job_id, root
+        found = job_index.find(job_id)
+        if found is None:
+            raise JobError(f"no job {job_id} in state directory {os.path.abspath(root)}, nor in the job index "
+                           f"{job_index.index_dir()}; pass --state-dir (or --etcd for a remote job)")
+        return job_id, found
+    try:
+        return latest_job(root), root
+    except JobError:
+        hit = None if explicit else job_index.latest()
+        if hit is None:
+            raise JobError(f"no jobs in state directory {os.path.abspath(root)}"
+                           + ("" if explicit else f" nor in the job index {job_index.index_dir()}")
+                           + "; pass --job-id and --state-dir (or --etcd for a remote job)")
+        return hit
 
 
 def pending(job_id: str) -> Dict[str, Any]:
@@ -44,13 +72,31 @@ def pending(job_id: str) -> Dict[str, Any]:
             "slices": {"total": 0, "done": 0, "failed": 0, "running": 0}, "failed_slices": []}
 
 
+LOCAL_RETRY_SECONDS = 5.0  # the job's own etcd, on this host: gone for longer means it was shut down
+
+
 def job_status(job_id: Optional[str], cfg: Optional[EtcdConfig], root: str, failed_slices: bool = True
                ) -> Dict[str, Any]:
-    """The job's view as ``aimaster status --json`` prints it (``failed_slices``: also read their errors)."""
+    """The job's view as ``aimaster status --json`` prints it (``failed_slices``: also read their errors).
+
+    Read from the job's own embedded etcd, a job that ends while we read shuts that etcd down under us:
+    then we read again, from the etcd data it left (a read-only etcd of our own on it), once or twice.
+    """
+    for attempt in range(3):
+        try:
+            return _job_status(job_id, cfg, root, failed_slices)
+        except EtcdUnavailableError:
+            if cfg is not None or attempt == 2:
+                raise
+
+
+def _job_status(job_id: Optional[str], cfg: Optional[EtcdConfig], root: str, failed_slices: bool
+                ) -> Dict[str, Any]:
     with contextlib.ExitStack() as stack:
         starting = False
+        state = None
         if cfg is None:
-            job_id = job_id or latest_job(root)
+            job_id, root = locate(job_id, root)
             state = JobStateDir(root, job_id)
             if not state.exists():
                 raise JobError(f"no job {job_id} in state directory {root}")
@@ -67,11 +113,12 @@ def job_status(job_id: Optional[str], cfg: Optional[EtcdConfig], root: str, fail
             if endpoint is None:
                 if not os.path.isdir(state.etcd_dir):
                     raise JobError(f"job {job_id} has no etcd data in {state.path}")
-                temp = EmbeddedEtcd(data_dir=state.etcd_dir, log_path=os.path.join(state.path, "etcd-status.log"))
+                temp = EmbeddedEtcd(data_dir=state.etcd_dir, log_path=os.path.join(state.path, "etcd-status.log"),
+                                    tls=state.security().server_tls())
                 temp.start()
                 stack.callback(temp.stop)
                 endpoint = temp.endpoint
-            cfg = EtcdConfig([endpoint])
+            cfg = state.client_config(endpoint, retry_seconds=LOCAL_RETRY_SECONDS)
         elif not job_id:
             raise JobError("--etcd needs --job-id")
         store = connect(cfg, job_id)
@@ -87,16 +134,19 @@ def job_status(job_id: Optional[str], cfg: Optional[EtcdConfig], root: str, fail
                 return pending(job_id)
             raise JobError(f"no job {job_id} in etcd at {','.join(cfg.endpoints)}")
         out = view.to_json()
+        if state is not None:
+            out["state_dir"] = state.root
+        left = how_workers_left(store)
         for row in out["workers"]:
             m = re.search(r"-r(\d+)(?:g\d+)?$", row["worker_id"])
             row["restarts"] = int(m.group(1)) if m else 0
+            row["left"] = None if row.get("alive") else left.get(row["worker_id"])  # preempted, stopped (why)
         out["failed_slices"] = []
         if view.failed and failed_slices:
             for d in view.datasets:
                 ds = datasets.get(d.ds_id)
                 if ds is not None:
-                    out["failed_slices"] += [{"dataset": d.ds_id, "slice": sid, "error": rec.get("e")}
-                                             for sid, rec in ds.failed()]
+                    out["failed_slices"] += failed_rows(ds)
         return out
 
 
@@ -147,7 +197,7 @@ def format_status(view: Dict[str, Any]) -> str:
             ago = f"{format_duration(max(0.0, now - last))} ago" if isinstance(last, (int, float)) else "-"
             lines.append(f"  {w['worker_id']:<16} {'yes' if w['alive'] else 'no':<6} {w['host'][:20]:<20} "
                          f"{w['pid']:>8} {w['slices']:>7} {w['items']:>9} {w['rate']:>9.2f} {ago:>12} "
-                         f"{w.get('restarts', 0):>8}")
+                         f"{w.get('restarts', 0):>8}" + (f"  {w['left']}" if w.get("left") else ""))
     for why in view.get("ignored", [])[:10]:
         lines.append(f"  warning: ignoring {why}")
     failed = view.get("failed_slices", [])
@@ -163,7 +213,10 @@ def format_failed(view: Dict[str, Any]) -> str:
     failed = view.get("failed_slices", [])
     if not failed:
         return f"job {view['job_id']}: no failed slices"
-    lines = [f"job {view['job_id']}: {len(failed)} failed slice(s)"]
+    lines = [f"job {view['job_id']}: {len(failed)} failed slice(s) (aimaster retry --job-id {view['job_id']} "
+             f"runs them again)"]
     for f in failed:
         lines.append(f"{f['dataset']}/{f['slice']}: {f['error']}")
+        if f.get("items"):
+            lines.append(f"  items: {item_summary(f)}")
     return "\n".join(lines)

@@ -139,15 +139,18 @@ class ParquetSink(LocalFileSink):
     """A directory receiving one ``part-<slice_id>.parquet`` per committed slice.
 
     The schema is the explicit one, else the one recorded in ``_aimaster_schema.json`` by an earlier
-    writer, else inferred from the first rows written (columns ``_c0, _c1, ...``) and recorded --
-    with an exclusive create, so concurrent first writers in different processes agree on one.
+    writer, else inferred from the first rows written and recorded -- with an exclusive create, so
+    concurrent first writers in different processes agree on one. Inferred columns are named by
+    ``col_names`` (``create_table_writer(col_names=[...])``, ``TableWriter(..., col_names=...)``), else
+    ``_c0, _c1, ...``; their types come from the values.
     """
 
     kind = "parquet"
     SCHEMA_FILE = "_aimaster_schema.json"
     STAGING = "_staging"
 
-    def __init__(self, url: str, schema: Optional[ColumnsLike] = None, row_group_rows: int = 65536):
+    def __init__(self, url: str, schema: Optional[ColumnsLike] = None, row_group_rows: int = 65536,
+                 col_names: Optional[Sequence[str]] = None):
         self.url = url
         self.directory = local_path(url)
         if os.path.isfile(self.directory):
@@ -157,6 +160,9 @@ class ParquetSink(LocalFileSink):
         # writer, or inferred): the job agrees on the description once, so it must not change.
         self._declared = format_columns(self._schema) if self._schema is not None else None
         self._schema_recorded = False
+        self.col_names = check_col_names(col_names, url)
+        if self.col_names is not None and self._schema is not None:
+            raise SchemaError(f"Parquet output {url}: give schema= or col_names=, not both")
         self.row_group_rows = int(row_group_rows)
         self.staging = LocalStaging(self.directory, self.STAGING, ".parquet")
 
@@ -167,14 +173,19 @@ class ParquetSink(LocalFileSink):
         return self._schema
 
     def describe(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "url": self.url, "schema": self._declared,
-                "row_group_rows": self.row_group_rows}
+        out = {"kind": self.kind, "url": self.url, "schema": self._declared, "row_group_rows": self.row_group_rows}
+        if self.col_names is not None:  # only when given: descriptions agreed without it stay the same
+            out["col_names"] = list(self.col_names)
+        return out
 
     def schema_for_write(self, rows, col_indices) -> Optional[List[Column]]:
         if self.schema is None:
             if not rows:
                 return None  # an empty write (all rows filtered out, say) teaches nothing
-            self._schema = _infer_schema(rows, col_indices, self.url)
+            self._schema = _infer_schema(rows, col_indices, self.url, self.col_names)
+        elif self.col_names is not None and [c.name for c in self._schema] != self.col_names:
+            raise SchemaError(f"Parquet output {self.directory} already has columns "
+                              f"{[c.name for c in self._schema]}, not col_names {self.col_names}")
         if not self._schema_recorded:
             self._record_schema(self._schema)
         return self._schema
@@ -219,25 +230,43 @@ class ParquetSink(LocalFileSink):
         return _ParquetStage(self, slice_id, attempt)
 
 
-def _infer_schema(rows: Sequence[Sequence[Any]], col_indices, url: str) -> List[Column]:
+def check_col_names(col_names: Optional[Sequence[str]], url: str) -> Optional[List[str]]:
+    """``col_names`` as a list of distinct, non-empty strings (None stays None); SchemaError if not."""
+    if col_names is None:
+        return None
+    if isinstance(col_names, str) or not all(isinstance(n, str) and n for n in col_names):
+        raise SchemaError(f"col_names of Parquet output {url} must be a list of non-empty strings, "
+                          f"got {col_names!r:.80}")
+    names = list(col_names)
+    if not names or len(set(names)) != len(names):
+        raise SchemaError(f"col_names of Parquet output {url} must be distinct and not empty, got {names!r:.80}")
+    return names
+
+
+def _infer_schema(rows: Sequence[Sequence[Any]], col_indices, url: str,
+                  col_names: Optional[List[str]] = None) -> List[Column]:
     if not rows:
         raise SchemaError(f"cannot infer the schema of Parquet output {url} from zero rows: pass schema=")
     width = len(col_indices) if col_indices is not None else len(rows[0])
+    if col_names is not None and len(col_names) != width:
+        raise SchemaError(f"col_names of Parquet output {url} names {len(col_names)} column(s) but the first "
+                          f"rows written have {width}")
+    name = (lambda j: col_names[j]) if col_names is not None else (lambda j: f"_c{j}")
     if col_indices is not None and sorted(int(i) for i in col_indices) != list(range(width)):
         raise SchemaError(f"cannot infer the schema of Parquet output {url} from col_indices "
                           f"{list(col_indices)} (they must be a permutation of 0..n-1): pass schema=")
-    indices = check_col_indices(col_indices, [Column(f"_c{j}", "STRING") for j in range(width)], url)
+    indices = check_col_indices(col_indices, [Column(name(j), "STRING") for j in range(width)], url)
     columns: List[Optional[Column]] = [None] * width
     for pos, j in enumerate(indices):
         values = [r[pos] if len(r) > pos else None for r in rows]
         try:
             kind = pa.array(values).type
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            raise SchemaError(f"cannot infer the type of column _c{j} of {url}: {str(e).splitlines()[0]}")
+            raise SchemaError(f"cannot infer the type of column {name(j)} of {url}: {str(e).splitlines()[0]}")
         if pa.types.is_null(kind):
-            raise SchemaError(f"column _c{j} of {url} holds only NULLs in the first write, so its type "
+            raise SchemaError(f"column {name(j)} of {url} holds only NULLs in the first write, so its type "
                               "cannot be inferred: pass schema=")
-        columns[j] = Column(f"_c{j}", type_name_of(kind))
+        columns[j] = Column(name(j), type_name_of(kind))
     return [c for c in columns if c is not None]
 
 

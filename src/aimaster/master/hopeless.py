@@ -1,0 +1,123 @@
+"""Fail fast on a hopeless crash: every worker dies the same way before anything is committed.
+
+A worker script with a ``SyntaxError``, a missing ``import``, or code that raises on every input
+fails the same way however often it is relaunched. Counting such failures up to
+``--max-num-of-same-error`` (20) costs minutes of relaunches and buries the cause under as many
+one-line messages. Like ``torchrun``, the master ends such a job at once, printing the root cause
+(the traceback, with its file and line) once.
+
+A crash counts as hopeless only when all of these hold, so that what a relaunch can fix still is:
+
+* it is a plain exit with an error (a signal, a hang, an environment error -- exit 75 -- or a
+  message that reads transient, such as a timeout, may well pass on the next try);
+* nothing has been committed in this run by any worker the master supervises (a program that
+  committed something works, at least on some data: the poison-slice and same-error rules handle it);
+* every slot's most recent failure has the same :attr:`~aimaster.master.policy.Failure.signature`
+  (its message normalised: paths, numbers, hex, addresses masked), seen at least twice in all;
+* the failures did not all hold one same slice: a single bad slice killing whoever takes it is a
+  poison slice, which the job must survive (it fails after ``--max-slice-attempts``, reported).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional, Set
+
+from aimaster.master.policy import Failure
+
+MIN_FAILURES = 2
+
+
+class HopelessCrashes:
+    """The evidence, per slot, that the job's program cannot run at all."""
+
+    def __init__(self, slots: int, min_failures: int = MIN_FAILURES):
+        self.slots = max(1, slots)
+        self.min_failures = min_failures
+        self.last: Dict[int, str] = {}  # slot -> signature of its latest hopeless-looking failure
+        self.counts: Dict[str, int] = {}
+        self.slices: Dict[str, Set[str]] = {}  # signature -> slices held by the workers that died of it
+        self.off = False  # something was committed: the program works, this rule is done
+
+    def observe(self, slot: int, failure: Failure, held: Iterable[str], committed: bool) -> bool:
+        """Count one worker's death; True when the job is hopeless and must end now."""
+        if committed:
+            self.off = True
+        if self.off:
+            return False
+        if failure.kind != "exit" or failure.transient:
+            self.last.pop(slot, None)
+            return False
+        sig = failure.signature
+        held = set(held)
+        seen = self.slices.setdefault(sig, set())
+        if held and held <= seen:
+            return False  # the same slice(s) again: a poison slice, not a hopeless program
+        seen |= held
+        self.last[slot] = sig
+        n = self.counts[sig] = self.counts.get(sig, 0) + 1
+        every_slot = all(self.last.get(s) == sig for s in range(self.slots))
+        return every_slot and n >= self.min_failures
+
+
+def root_cause(stderr_tail: List[str], limit: int = 30) -> List[str]:
+    """The part of a dead worker's last stderr lines that says where it failed.
+
+    From the last ``Traceback (most recent call last):``, or, for an error Python reports without one
+    (a ``SyntaxError`` in the script itself), from the last ``File "...", line N`` line; else the
+    last lines as they are.
+    """
+    lines = [line.rstrip() for line in stderr_tail]
+    start = None
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("Traceback (most recent call last)"):
+            start = i
+            break
+    if start is None:
+        for i in range(len(lines) - 1, -1, -1):
+            if lines[i].lstrip().startswith('File "'):
+                start = i
+                break
+    cause = lines[start:] if start is not None else lines
+    return cause[-limit:]
+
+
+def where(cause: List[str]) -> Optional[str]:
+    """``file, line N`` of the innermost frame of a traceback, if it names one."""
+    for line in reversed(cause):
+        text = line.strip()
+        if text.startswith('File "'):
+            return text.split(", in ")[0]
+    return None
+
+
+def verdict(master, worker, failure: Failure) -> Optional[str]:
+    """For the master, after its fault policy chose to relaunch ``worker``: the reason the job must
+    fail now instead (the root cause printed, once), or None.
+
+    ``master`` is the :class:`~aimaster.master.master.Master`; what counts as committed in this run
+    is what the workers it supervised (launched or adopted, dead or alive) have committed.
+    """
+    if getattr(master, "hopeless", None) is None:
+        master.hopeless = HopelessCrashes(master.opts.workers)
+    watch = master.watch
+    ours = {h.get("worker") for h in master.history} | {w.worker_id for w in master.fleet.all()}
+    committed = any(_slices(watch.get(wid)) > 0 for wid in ours if wid)
+    info = watch.get(worker.worker_id)
+    held = info.held if info is not None else []
+    if not master.hopeless.observe(worker.slot, failure, held, committed):
+        return None
+    cause = root_cause(worker.stderr_tail(60))
+    n = master.hopeless.counts.get(failure.signature, 0)
+    master._log(f"every worker died the same way before committing anything ({n} deaths); the root cause, "
+                f"from {worker.worker_id}'s stderr:")
+    for line in cause or ["(it wrote nothing to stderr)"]:
+        master._log(f"  | {line}")
+    at = where(cause)
+    return (f"hopeless: every worker exited the same way before committing anything ({n} times, "
+            f"{master.opts.workers} slot(s)): {failure.describe()}{f' ({at})' if at else ''}; fix the "
+            f"program, then re-run (the same --job-id resumes)")
+
+
+def _slices(info) -> int:
+    value = info.stats.get("slices") if info is not None else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -1,0 +1,109 @@
+"""``--slice-timeout S``: an attempt that runs longer than S seconds is abandoned, and its slice
+handed out again as a failed attempt.
+
+This is for the slice that hangs *inside a healthy worker*: one input that sends a decoder into an
+endless loop, a request that never returns. The worker's lease stays alive (its keep-alive thread
+runs) and, with a DataLoader or a writer thread, its heartbeat may even move, so neither the lease
+nor hang detection ever frees the slice; without a bound the job waits for it forever.
+
+Who acts: each supervisor (the master, and every ``aimaster join``, which inherits the setting from
+the job record) watches the claims of the workers *it launched*, aged on its own clock from the
+moment it first saw each claim or speculative copy (a copy can hang on the same input), so clock
+skew between machines never shortens or stretches an attempt. A claim the worker's heartbeat *parks* (it waits
+for slices with that slice finished, only not committed yet) is not running and never times out.
+
+What happens to an overdue attempt:
+
+1. its error is recorded on the slice (``attempt ran longer than --slice-timeout=S``), only while
+   that attempt is still the slice's latest, so the report and ``failed/`` say why;
+2. the worker holding it is killed (SIGKILL to its process group: a hung program may ignore
+   SIGTERM). A killed process cannot commit, which is what makes abandoning the attempt safe; and
+   even a commit racing the kill could only be the slice's one commit (commits are first-wins),
+   never a second output;
+3. once reaped, its lease is revoked (its claims vanish at once) and its slices requeued: the
+   attempt counts toward ``--max-slice-attempts``, after which the slice fails and the job goes on;
+4. the worker is relaunched in its slot (a slice timeout is the slice's failure, not the worker's:
+   it does not count toward ``--max-num-of-same-error``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from aimaster.data import records
+from aimaster.data.keys import DatasetKeys
+from aimaster.master import readback
+
+STOP_REASON = "slice-timeout"
+
+
+def message(seconds: float) -> str:
+    return f"attempt ran longer than --slice-timeout={seconds:g}s and was abandoned"
+
+
+class SliceTimeout:
+    """Finds this supervisor's workers holding an attempt older than ``seconds``, and ends them."""
+
+    BLIND_AFTER = 3.0  # a longer gap between rounds (etcd away, the master stopped) is not counted
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds)
+        self.abandoned = 0  # attempts abandoned by this supervisor (for the report)
+        self._seen: Dict[Tuple[str, str, str], float] = {}  # (dataset, key, attempt) -> first seen
+        self._last: Optional[float] = None
+
+    def attempts(self, store: Any, ds_ids: Iterable[str], now: Optional[float] = None
+                 ) -> Dict[str, List[Tuple[str, str, float]]]:
+        """worker -> ``(dataset, slice, age)`` of every attempt it holds, primary claims and
+        speculative copies alike (a copy can hang on the same input), aged from first sight."""
+        now = time.monotonic() if now is None else now
+        if self._last is not None and now - self._last > self.BLIND_AFTER:
+            gap = now - self._last
+            self._seen = {k: t + gap for k, t in self._seen.items()}
+        self._last = now
+        seen: Dict[Tuple[str, str, str], float] = {}
+        out: Dict[str, List[Tuple[str, str, float]]] = {}
+        for ds_id in ds_ids:
+            k = DatasetKeys(ds_id)
+            for prefix in (k.claim, k.backup):
+                good, _ = readback.read_prefix(store, prefix, readback.claim_problem)  # bad ones: see in_flight
+                for rel, (value, _) in good.items():
+                    key = (ds_id, prefix + rel, str(value.get("at")))
+                    first = seen[key] = self._seen.get(key, now)
+                    out.setdefault(value["w"], []).append((ds_id, rel.split("/", 1)[0], now - first))
+        self._seen = seen
+        return out
+
+    def overdue(self, held: List[Tuple[str, str, float]], beat: Any) -> List[Tuple[str, str, float]]:
+        """The attempts of ``held`` older than the timeout that are running, not parked by ``beat``."""
+        return [(ds, sid, age) for ds, sid, age in held
+                if age > self.seconds and not records.beat_parks(beat, f"{ds}/{sid}")]
+
+    def enforce(self, master: Any, ds_ids: Iterable[str]) -> None:
+        """One round: record the error on each overdue attempt, then kill the worker holding it."""
+        held = self.attempts(master.store, ds_ids)
+        for w in master.fleet.live():
+            if w.stop_reason or (w.adopted and not getattr(w, "local", False)):
+                continue  # already being stopped; or a worker we cannot signal (its own supervisor acts)
+            info = master.watch.get(w.worker_id)
+            late = self.overdue(held.get(w.worker_id, []), info.beat if info is not None else None)
+            if not late:
+                continue
+            text = message(self.seconds)
+            for ds_id, sid, _ in late:
+                master._on_slice(ds_id, sid, lambda ds, sid=sid, wid=w.worker_id, text=text:
+                                 ds.record_error(sid, wid, text))
+            self.abandoned += len(late)
+            slices = ", ".join(f"{ds}/{sid} ({age:.0f}s)" for ds, sid, age in late)
+            master._log(f"worker {w.worker_id} (pid {w.pid}) holds {slices} past --slice-timeout="
+                        f"{self.seconds:g}s: killing it; the slice is handed out again")
+            master.fleet.kill(w, STOP_REASON)
+
+    def relaunch(self, master: Any, w: Any, complete: bool) -> Optional[int]:
+        """The killed worker was reaped (its slices already given back): start its slot again."""
+        if complete or master.stop_requested.is_set():
+            return None
+        master.relaunches[STOP_REASON] = master.relaunches.get(STOP_REASON, 0) + 1
+        master.fleet.schedule_relaunch(w.slot, STOP_REASON, (w.ended or time.time()) - w.started)
+        return None
