@@ -58,6 +58,31 @@ class Worker:
         self.err_path = ""
         self.err_offset = 0
 
+    def _launched_as(self, slot: int, incarnation: int, id_suffix: str, log_dir: str) -> None:
+        """A worker we launch: its id, and its slot's log files (stderr read from where it starts)."""
+        self.slot = slot
+        self.incarnation = incarnation
+        self.worker_id = worker_name(slot, incarnation, id_suffix)
+        self.out_path = os.path.join(log_dir, f"worker-{slot}.out")
+        self.err_path = os.path.join(log_dir, f"worker-{slot}.err")
+        try:
+            self.err_offset = os.path.getsize(self.err_path)
+        except OSError:
+            self.err_offset = 0
+
+    def _registered_as(self, worker_id: str, record: Dict[str, Any]) -> None:
+        """A worker someone else launched, known by its registration record (read from etcd)."""
+        def number(name: str, default, kind):
+            value = record.get(name, default)
+            return kind(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+        self.worker_id = worker_id
+        self.slot = number("slot", -1, int)
+        self.incarnation = number("incarnation", 0, int)
+        self.host = str(record.get("host", ""))
+        self._pid = number("pid", 0, int)
+        self.started = number("started", time.time(), float) or time.time()
+
     @property
     def pid(self) -> int:
         raise NotImplementedError
@@ -161,16 +186,8 @@ class WorkerProcess(Worker):
     def __init__(self, slot: int, command: Sequence[str], env: Dict[str, str], log_dir: str,
                  incarnation: int = 0, id_suffix: str = "", logs: Optional[LogOptions] = None):
         super().__init__()
-        self.slot = slot
-        self.incarnation = incarnation
-        self.worker_id = worker_name(slot, incarnation, id_suffix)
-        self.out_path = os.path.join(log_dir, f"worker-{slot}.out")
-        self.err_path = os.path.join(log_dir, f"worker-{slot}.err")
+        self._launched_as(slot, incarnation, id_suffix, log_dir)
         logs = logs or LogOptions()
-        try:
-            self.err_offset = os.path.getsize(self.err_path)
-        except OSError:
-            self.err_offset = 0
         env = worker_env(env, self.worker_id, slot, incarnation)
         self.started = time.time()
         self.oom_kills_before = oom_kill_count()
@@ -224,12 +241,7 @@ class AdoptedWorker(Worker):
 
     def __init__(self, worker_id: str, record: Dict[str, Any], log_dir: str, is_registered):
         super().__init__()
-        self.worker_id = worker_id
-        self.slot = int(record.get("slot", -1))
-        self.incarnation = int(record.get("incarnation", 0) or 0)
-        self.host = str(record.get("host", ""))
-        self._pid = int(record.get("pid", 0) or 0)
-        self.started = float(record.get("started", time.time()) or time.time())
+        self._registered_as(worker_id, record)
         self.local = self.host == socket.gethostname()
         self.err_path = os.path.join(log_dir, f"worker-{self.slot}.err")
         try:

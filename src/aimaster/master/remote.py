@@ -26,12 +26,7 @@ class JoinedWorker(Worker):
     def __init__(self, worker_id: str, record: Dict, request: Callable[[Worker, str, str], None],
                  is_registered: Callable[[str], bool]):
         super().__init__()
-        self.worker_id = worker_id
-        self.slot = int(record.get("slot", -1))
-        self.incarnation = int(record.get("incarnation", 0) or 0)
-        self.host = str(record.get("host", ""))
-        self._pid = int(record.get("pid", 0) or 0)
-        self.started = float(record.get("started", time.time()) or time.time())
+        self._registered_as(worker_id, record)
         self.launcher = str(record.get("launcher", ""))
         self._request = request
         self._is_registered = is_registered

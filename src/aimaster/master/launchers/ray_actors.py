@@ -31,7 +31,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from aimaster.errors import ConfigError
-from aimaster.master.launcher import LogOptions, Worker, WorkerProcess, start_pump, worker_env, worker_name
+from aimaster.master.launcher import LogOptions, Worker, WorkerProcess, start_pump, worker_env
 from aimaster.master.launchers import Launcher
 
 BUFFER_CAP = 16 * 1024 * 1024  # per stream, in the actor, should the master stop reading for a while
@@ -129,15 +129,7 @@ class RayWorker(Worker):
         import ray
 
         super().__init__()
-        self.slot = slot
-        self.incarnation = incarnation
-        self.worker_id = worker_name(slot, incarnation, id_suffix)
-        self.out_path = os.path.join(log_dir, f"worker-{slot}.out")
-        self.err_path = os.path.join(log_dir, f"worker-{slot}.err")
-        try:
-            self.err_offset = os.path.getsize(self.err_path)
-        except OSError:
-            self.err_offset = 0
+        self._launched_as(slot, incarnation, id_suffix, log_dir)
         env = worker_env(env, self.worker_id, slot, incarnation)
         self.started = time.time()
         self._pid = 0
