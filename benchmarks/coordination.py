@@ -9,14 +9,18 @@ Run it from the repository root::
 What it measures, and why this way:
 
 * **Baseline** -- the raw etcd compare-and-put transaction rate (``version(k) == 0`` -> ``put``) with
-  1, 8 and 32 client *processes*, each with its own ``pyetcd`` client. A slice needs at least two such
-  transactions (claim, commit), so half this rate is the ceiling for any etcd-based design on the same
-  machine; measuring it in the same run makes the ratio portable across machines and disks.
-* **aimaster claim + commit** -- the same numbers of processes, each with its own ``Store`` +
-  ``WorkerSession`` + ``Dataset`` (exactly what a worker builds), looping ``next_claim()`` +
-  ``commit()`` over a table-like dataset with ``slice_size=1`` until ``OutOfRangeException``. The plan
-  is made before the clock starts. Throughput is counted up to the *last commit*: the end-of-dataset
-  detection and finalize (a one-off per dataset) are reported separately as the "drain".
+  1, 8 and 32 client *processes*, each with its own ``pyetcd`` client. A slice is one such
+  transaction (its commit also claims the next slice), so this rate is the ceiling for the design on
+  the same machine; measuring it in the same run makes the ratio portable across machines and disks.
+* **aimaster claim + commit** (the table client's pattern) -- the same numbers of processes, each with
+  its own ``Store`` + ``WorkerSession`` + ``Dataset`` (exactly what a worker builds), looping
+  ``next_claim()`` + ``commit(claim_next=True)`` over a table-like dataset with ``slice_size=1`` until
+  ``OutOfRangeException``. The plan is made before the clock starts. Throughput is counted up to the
+  *last commit*: the end-of-dataset detection and finalize (a one-off per dataset) are reported
+  separately as the "drain".
+* **file client** -- the same, through the seed's API on real (empty) files: ``PosixFileClient``
+  ``get_next_slice()`` + ``commit_slice()`` with ``slice_size=1``, which also reads the slice's names
+  and checks each input is still a regular file. ``--no-file-client`` skips it.
 * **Planning** a 1,000,000-file dataset (``slice_size=100``): wall seconds of ``ensure_plan`` and the
   etcd database size after it. It runs first, on the fresh database, so the size is the plan's own
   footprint and not leftovers of the coordination phases.
@@ -49,7 +53,11 @@ from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 # Targets from the design brief; printed next to the figures so a regression is obvious.
-TARGET_RATIO = 0.30  # slices/s over raw txn/s (the ceiling is 0.50: a slice needs >= 2 transactions)
+# Slices/s over raw txn/s. A slice is one transaction (its commit also claims the next slice), so the
+# ceiling is 100% of raw; the rest of a slice's cost is the client's CPU and its reads.
+TARGET_RATIO = 0.50
+# The kinds of RPCs (first word of Store.call's description) that are write transactions.
+TXN_KINDS = ("claim", "claim-lost", "commit", "copy", "release", "requeue", "record", "clear", "adopt", "give")
 TARGET_SLICES_32 = 1000.0  # aggregate slices/s with 32 clients
 TARGET_PLAN_SECONDS = 10.0  # planning 1,000,000 files
 TARGET_PLAN_DB_MB = 200.0  # etcd database size after planning 1,000,000 files
@@ -153,19 +161,7 @@ def _aimaster_worker(endpoint: str, prefix: str, ds_id: str, idx: int, ready_q, 
         from aimaster.data.store import EtcdConfig, Store
 
         store = Store(EtcdConfig([endpoint]), prefix)
-        rpcs: Counter = Counter()
-        call = store.call
-
-        def counted(what: str, fn: Callable):
-            # "claim slice 000123" -> "claim"; a lost claim (another worker was first) is counted apart.
-            kind = what.split(" ", 1)[0]
-            result = call(what, fn)
-            if kind == "claim" and not result[0]:
-                kind = "claim-lost"
-            rpcs[kind] += 1
-            return result
-
-        store.call = counted  # instance attribute: Store.txn/get/range all go through self.call
+        rpcs = _count_rpcs(store)
         session = WorkerSession(store, f"bench-{idx:03d}")
         ds = Dataset(session, ds_id)
         ds.ensure_plan(_never_plan, slice_size=1)
@@ -200,6 +196,76 @@ def _aimaster_worker(endpoint: str, prefix: str, ds_id: str, idx: int, ready_q, 
                    "won": won, "failed": lost, "cpu": cpu, "rpcs": dict(rpcs)})
     except BaseException as e:
         out_q.put({"idx": idx, "error": f"{type(e).__name__}: {e}"})
+
+
+def _file_worker(endpoint: str, job_id: str, input_dir: str, idx: int, ready_q, start_evt, out_q) -> None:
+    """A worker of the seed's file API reduced to its coordination: ``get_next_slice()`` +
+    ``commit_slice()`` on a ``PosixFileClient`` (no outputs) until ``OutOfRangeException``.
+
+    Everything the real client does per slice is in: reading the slice's names, checking each input
+    is still a regular file, the commit that claims the next slice in the same transaction.
+    """
+    try:
+        from aimaster.data import OutOfRangeException, runtime
+        from aimaster.data.session import WorkerSession
+        from aimaster.data.store import EtcdConfig, Store, job_prefix
+        from aimaster.inference import PosixFileClient, PosixFileConfig
+
+        store = Store(EtcdConfig([endpoint]), job_prefix(job_id))
+        rpcs = _count_rpcs(store)
+        os.environ.update(AIMASTER_ETCD_ENDPOINTS=endpoint, AIMASTER_JOB_ID=job_id)
+        session = WorkerSession(store, f"bench-{idx:03d}")  # a registered worker, as under aimaster run
+        session.standalone = False
+        runtime._session = session
+        client = PosixFileClient(PosixFileConfig(input_dir, "", 1))
+        rpcs.clear()
+        ready_q.put(idx)
+        start_evt.wait()
+        cpu0 = time.process_time()
+        claim_lat: List[float] = []
+        commit_lat: List[float] = []
+        won = lost = 0
+        last_op = None
+        while True:
+            t0 = time.monotonic()
+            try:
+                client.get_next_slice()
+            except OutOfRangeException:
+                break
+            t1 = time.monotonic()
+            ok = client.commit_slice()
+            t2 = time.monotonic()
+            claim_lat.append(t1 - t0)
+            commit_lat.append(t2 - t1)
+            if ok:
+                won += 1
+                last_op = t2
+            else:
+                lost += 1
+        end = time.monotonic()
+        cpu = time.process_time() - cpu0
+        session.close()
+        out_q.put({"idx": idx, "claim": claim_lat, "commit": commit_lat, "end": end, "last_op": last_op,
+                   "won": won, "failed": lost, "cpu": cpu, "rpcs": dict(rpcs)})
+    except BaseException as e:
+        out_q.put({"idx": idx, "error": f"{type(e).__name__}: {e}"})
+
+
+def _count_rpcs(store) -> Counter:
+    """Count the store's etcd RPCs by kind ("claim slice 000123" -> "claim"; a lost claim apart)."""
+    rpcs: Counter = Counter()
+    call = store.call
+
+    def counted(what: str, fn: Callable):
+        kind = what.split(" ", 1)[0]
+        result = call(what, fn)
+        if kind == "claim" and not result[0]:
+            kind = "claim-lost"
+        rpcs[kind] += 1
+        return result
+
+    store.call = counted  # instance attribute: Store.txn/get/range all go through self.call
+    return rpcs
 
 
 # ---------------------------------------------------------------------------------------- phases
@@ -291,6 +357,7 @@ def merge_raw(before: Dict[str, Any], after: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def bench_aimaster(ctx, etcd, n_clients: int, num_slices: int) -> Dict[str, Any]:
+    """The table client's pattern at the coordinator: ``next_claim()`` + ``commit(claim_next=True)``."""
     from aimaster.data.coordinator import Dataset, PlanData
     from aimaster.data.session import WorkerSession
     from aimaster.data.store import EtcdConfig, Store, job_prefix
@@ -305,31 +372,79 @@ def bench_aimaster(ctx, etcd, n_clients: int, num_slices: int) -> Dict[str, Any]
         plan_s = time.monotonic() - t0
         run = run_processes(ctx, etcd.process.pid, _aimaster_worker,
                             lambda i: (etcd.endpoint, prefix, ds_id, i), n_clients)
-        results = run["results"]
-        for r in results:
-            r["lat"] = [a + b for a, b in zip(r["claim"], r["commit"])]
-        out = summarize(run, "lat", n_clients)
-        claim = sorted(x for r in results for x in r["claim"])
-        commit = sorted(x for r in results for x in r["commit"])
-        out["claim_p50_ms"] = round(percentile(claim, 50) * 1e3, 2)
-        out["claim_p99_ms"] = round(percentile(claim, 99) * 1e3, 2)
-        out["commit_p50_ms"] = round(percentile(commit, 50) * 1e3, 2)
-        out["commit_p99_ms"] = round(percentile(commit, 99) * 1e3, 2)
-        rpcs: Counter = Counter()
-        for r in results:
-            rpcs.update(r["rpcs"])
-        out["rpcs_per_slice"] = {k: round(v / max(out["ops"], 1), 3) for k, v in sorted(rpcs.items())}
-        last = max((r["last_op"] for r in results if r["last_op"] is not None), default=run["start"])
-        out["drain_s"] = round(max(r["end"] for r in results) - last, 3)
-        out["plan_s"] = round(plan_s, 3)
-        out["lost_commits"] = out.pop("failed")
-        done = store.count(f"ds/{ds_id}/done/")
-        if done != num_slices or out["ops"] != num_slices:
-            raise RuntimeError(f"aimaster phase with {n_clients} clients committed {done} slices "
-                               f"({out['ops']} commits counted) of {num_slices}")
-        store.delete_prefix("")  # keep later phases' database comparable
+        return _slice_summary(run, n_clients, num_slices, plan_s, store, ds_id, "aimaster")
     finally:
         session.close()
+
+
+def make_input_files(directory: str, n: int) -> str:
+    """n empty input files in 100 subdirectories (what the file client lists, plans and stats)."""
+    for i in range(n):
+        sub = os.path.join(directory, f"d{i % 100:02d}")
+        os.makedirs(sub, exist_ok=True)
+        open(os.path.join(sub, f"f{i:07d}.jpg"), "w").close()
+    return directory
+
+
+def bench_file_client(ctx, etcd, n_clients: int, input_dir: str, num_slices: int) -> Dict[str, Any]:
+    """The seed's file API: ``PosixFileClient.get_next_slice()`` + ``commit_slice()``, slice_size=1."""
+    from aimaster.data import runtime
+    from aimaster.data.session import WorkerSession
+    from aimaster.data.store import EtcdConfig, Store, job_prefix
+    from aimaster.inference import PosixFileClient, PosixFileConfig
+
+    job_id = f"bench-files-{n_clients}-{time.time_ns()}"
+    store = Store(EtcdConfig([etcd.endpoint]), job_prefix(job_id))
+    saved = {k: os.environ.get(k) for k in ("AIMASTER_ETCD_ENDPOINTS", "AIMASTER_JOB_ID")}
+    os.environ.update(AIMASTER_ETCD_ENDPOINTS=etcd.endpoint, AIMASTER_JOB_ID=job_id)
+    session = WorkerSession(store, "bench-planner")
+    session.standalone = False
+    previous, runtime._session = runtime._session, session
+    try:
+        t0 = time.monotonic()
+        client = PosixFileClient(PosixFileConfig(input_dir, "", 1))  # lists and plans, before the clock
+        plan_s = time.monotonic() - t0
+        ds_id = client.dataset.ds_id
+        run = run_processes(ctx, etcd.process.pid, _file_worker,
+                            lambda i: (etcd.endpoint, job_id, input_dir, i), n_clients)
+        return _slice_summary(run, n_clients, num_slices, plan_s, store, ds_id, "file client")
+    finally:
+        runtime._session = previous
+        session.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _slice_summary(run: Dict[str, Any], n_clients: int, num_slices: int, plan_s: float, store, ds_id: str,
+                   what: str) -> Dict[str, Any]:
+    """Rates, latencies and RPCs per slice of a claim + commit phase; checks every slice was committed."""
+    results = run["results"]
+    for r in results:
+        r["lat"] = [a + b for a, b in zip(r["claim"], r["commit"])]
+    out = summarize(run, "lat", n_clients)
+    claim = sorted(x for r in results for x in r["claim"])
+    commit = sorted(x for r in results for x in r["commit"])
+    out["claim_p50_ms"] = round(percentile(claim, 50) * 1e3, 2)
+    out["claim_p99_ms"] = round(percentile(claim, 99) * 1e3, 2)
+    out["commit_p50_ms"] = round(percentile(commit, 50) * 1e3, 2)
+    out["commit_p99_ms"] = round(percentile(commit, 99) * 1e3, 2)
+    rpcs: Counter = Counter()
+    for r in results:
+        rpcs.update(r["rpcs"])
+    out["rpcs_per_slice"] = {k: round(v / max(out["ops"], 1), 3) for k, v in sorted(rpcs.items())}
+    out["txns_per_slice"] = round(sum(v for k, v in rpcs.items() if k in TXN_KINDS) / max(out["ops"], 1), 3)
+    last = max((r["last_op"] for r in results if r["last_op"] is not None), default=run["start"])
+    out["drain_s"] = round(max(r["end"] for r in results) - last, 3)
+    out["plan_s"] = round(plan_s, 3)
+    out["lost_commits"] = out.pop("failed")
+    done = store.count(f"ds/{ds_id}/done/")
+    if done != num_slices or out["ops"] != num_slices:
+        raise RuntimeError(f"{what} phase with {n_clients} clients committed {done} slices "
+                           f"({out['ops']} commits counted) of {num_slices}")
+    store.delete_prefix("")  # keep later phases' database comparable
     return out
 
 
@@ -412,6 +527,20 @@ def print_report(res: Dict[str, Any]) -> None:
               f"{am['claim_p50_ms']:>6.2f}/{am['claim_p99_ms']:<7.2f} {am['commit_p50_ms']:>6.2f}/"
               f"{am['commit_p99_ms']:<8.2f} | {am['client_cpu_ms_per_op']:>9.2f} + {am['etcd_cpu_ms_per_op']:<9.2f} "
               f"| {am['drain_s']:>7.2f}")
+    if any("files" in row for row in res["coordination"]):
+        print("\nPosixFileClient get_next_slice + commit_slice (files, slice_size=1) vs the same raw etcd rate")
+        hdr = (f"{'clients':>7} | {'raw txn/s':>9} | {'slices/s':>8} {'p50 ms':>7} {'p99 ms':>7} | {'ratio':>6} | "
+               f"{'table ratio':>11} | {'txns/slice':>10} | {'cpu ms/slice cli+etcd':>21}")
+        print(hdr)
+        print("-" * len(hdr))
+        for row in res["coordination"]:
+            if "files" not in row:
+                continue
+            fc = row["files"]
+            print(f"{row['clients']:>7} | {row['raw']['rate']:>9.0f} | {fc['rate']:>8.0f} {fc['p50_ms']:>7.2f} "
+                  f"{fc['p99_ms']:>7.2f} | {row['files_ratio']:>6.1%} | {row['ratio']:>11.1%} | "
+                  f"{fc['txns_per_slice']:>10.3f} | {fc['client_cpu_ms_per_op']:>9.2f} + "
+                  f"{fc['etcd_cpu_ms_per_op']:<9.2f}")
     print("\n  raw txn/s measured before/after the aimaster run (the table shows the mean): " + ", ".join(
         f"{row['clients']}c: {row['raw']['rate_before']:.0f}/{row['raw']['rate_after']:.0f}"
         for row in res["coordination"]))
@@ -423,8 +552,11 @@ def print_report(res: Dict[str, Any]) -> None:
         rpcs = ", ".join(f"{k} {v}" for k, v in row["aimaster"]["rpcs_per_slice"].items())
         print(f"    {row['clients']:>3} clients: {rpcs}; lost commits (speculative copies) "
               f"{row['aimaster']['lost_commits']}")
-    print(f"\nTargets: ratio >= {TARGET_RATIO:.0%} (ceiling 50%: a slice is >= 2 transactions); "
-          f">= {TARGET_SLICES_32:,.0f} slices/s with 32 clients")
+        if "files" in row:
+            rpcs = ", ".join(f"{k} {v}" for k, v in row["files"]["rpcs_per_slice"].items())
+            print(f"    {row['clients']:>3} clients, file client: {rpcs}")
+    print(f"\nTargets: ratio >= {TARGET_RATIO:.0%} for the table and the file client (ceiling 100%: a slice is "
+          f"one transaction, its commit claims the next); >= {TARGET_SLICES_32:,.0f} slices/s with 32 clients")
     for line in res["verdicts"]:
         print(f"  {line}")
 
@@ -437,6 +569,14 @@ def verdicts(res: Dict[str, Any]) -> List[str]:
         if row["clients"] == 32:
             ok = row["aimaster"]["rate"] >= TARGET_SLICES_32
             out.append(f"{'OK  ' if ok else 'MISS'} {row['aimaster']['rate']:,.0f} slices/s with 32 clients")
+        if "files" in row:
+            ok = row["files_ratio"] >= TARGET_RATIO
+            out.append(f"{'OK  ' if ok else 'MISS'} file client ratio {row['files_ratio']:.1%} with "
+                       f"{row['clients']} clients")
+            if row["clients"] == 32:
+                ok = row["files"]["rate"] >= TARGET_SLICES_32
+                out.append(f"{'OK  ' if ok else 'MISS'} file client {row['files']['rate']:,.0f} slices/s with 32 "
+                           "clients")
     p = res.get("planning")
     if p and p["files"] >= 1_000_000:
         out.append(f"{'OK  ' if p['plan_s'] < TARGET_PLAN_SECONDS else 'MISS'} planning {p['files']:,} files "
@@ -466,6 +606,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--separate-claims", action="store_true",
                     help="claim and commit in separate transactions (the POSIX client's pattern) instead of "
                          "claiming the next slice inside the commit (the table client's get_next_slice)")
+    ap.add_argument("--no-file-client", action="store_true",
+                    help="skip the PosixFileClient phase (get_next_slice + commit_slice on real files)")
     args = ap.parse_args(argv)
     global CLAIM_NEXT
     CLAIM_NEXT = not args.separate_claims
@@ -494,6 +636,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "coordination": [],
     }
     t_all = time.monotonic()
+    file_dir = None if args.no_file_client else make_input_files(os.path.join(tmp, "files"), slices)
     etcd = EmbeddedEtcd(data_dir=os.path.join(tmp, "etcd")).start()
     try:
         import pyetcd
@@ -512,11 +655,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raw_before = bench_raw(ctx, etcd, n, raw_ops)
             print(f"{n} client(s): aimaster claim + commit ...", flush=True)
             am = bench_aimaster(ctx, etcd, n, slices)
+            fc = None
+            if file_dir is not None:
+                print(f"{n} client(s): file client get_next_slice + commit_slice ...", flush=True)
+                fc = bench_file_client(ctx, etcd, n, file_dir, slices)
             print(f"{n} client(s): raw etcd again ...", flush=True)
             raw_after = bench_raw(ctx, etcd, n, raw_ops)
             raw = merge_raw(raw_before, raw_after)
-            res["coordination"].append({"clients": n, "raw": raw, "aimaster": am,
-                                        "ratio": round(am["rate"] / raw["rate"], 4)})
+            row = {"clients": n, "raw": raw, "aimaster": am, "ratio": round(am["rate"] / raw["rate"], 4)}
+            if fc is not None:
+                row.update(files=fc, files_ratio=round(fc["rate"] / raw["rate"], 4))
+            res["coordination"].append(row)
     finally:
         etcd.stop()
         shutil.rmtree(tmp, ignore_errors=True)

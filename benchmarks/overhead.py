@@ -1,6 +1,7 @@
 """End-to-end overhead of aimaster on a CPU-bound PyTorch inference job, and 2-worker scaling.
 
-    python benchmarks/overhead.py [--images 3000] [--slice-size 128] [--repeats 3]
+    python benchmarks/overhead.py [--images 3000] [--slice-size 128] [--repeats 3] [--json out.json]
+    python benchmarks/overhead.py --quick         # 300 images, one repeat: a smoke test
 
 The job: a small CNN (random weights) classifies generated 64x64 PNG images; the top-5 of each image
 is written to one output file per group of ``--slice-size`` images. It runs as
@@ -180,6 +181,8 @@ def main() -> None:
     parser.add_argument("--slice-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="300 images in 32-image slices, one repeat: a smoke test")
+    parser.add_argument("--json", metavar="PATH", help="also write the report to PATH")
     parser.add_argument("--mode", choices=["plain", "worker"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -188,6 +191,10 @@ def main() -> None:
         return run_plain(args.data, args.out, args.slice_size, args.batch_size)
     if args.mode == "worker":
         return run_worker(args.data, args.out, args.slice_size, args.batch_size)
+    if args.quick:  # smaller defaults; what is given explicitly stays
+        for name, value in (("images", 300), ("repeats", 1), ("slice_size", 32)):
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIMASTER_")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -237,7 +244,26 @@ def main() -> None:
     report["runs_wall_loop_s"] = {kind: [[round(w, 2), round(max(x["loop"] for x in loops), 2)] for w, loops, _ in runs]
                                   for kind, runs in results.items()}
     report["load_average"] = [round(x, 1) for x in os.getloadavg()]
+    report["code"] = code_version()
+    report["command"] = " ".join(["python", "benchmarks/overhead.py", *sys.argv[1:]])
     print(json.dumps(report, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+def code_version() -> dict:
+    """The commit measured, and whether src/ or benchmarks/ differed from it: a figure is only
+    reproducible from a commit when both are False."""
+    root = os.path.dirname(os.path.dirname(HERE))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return {"commit": head or None, "modified": bool(dirty)}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "modified": None}
 
 
 if __name__ == "__main__":

@@ -17,7 +17,11 @@ The wire formats are the ones pyodps speaks (read from its source, ``odps/tunnel
   record-batch messages (no schema message) cut into CRC-checked chunks: a 4-byte big-endian chunk
   size, then each full chunk followed by its CRC, the last partial chunk followed by the CRC of all;
 * upload session: ``POST ...?uploads`` / ``GET ...?uploadid=..`` -> JSON with ``UploadedBlockList``;
-* block: ``PUT ...?uploadid=..&blockid=N`` with protobuf records (decoded with pyodps' own reader);
+* block: ``PUT ...?uploadid=..&blockid=N`` with protobuf records (decoded with pyodps' own reader),
+  or ``PUT ...?uploadid=..&blockid=N&arrow`` (pyodps' ``open_arrow_writer``) with Arrow IPC
+  record-batch messages (no schema message: the table's schema applies) in the download's framing,
+  each chunk's CRC and the CRC of all checked (a bad one is refused, as the tunnel does). A client
+  that writes no rows sends only the 4-byte CRC of nothing;
 * commit: ``POST ...?uploadid=..`` -- the request names no blocks: the server commits every block it
   holds, exactly as the real tunnel does (pyodps only checks the block list on the client side).
 
@@ -353,7 +357,11 @@ class FakeMaxCompute:
                 block = int(r.params["blockid"])
                 if not 0 <= block < 20000:
                     raise _HttpError(400, "InvalidBlockID", f"The specified block id is not valid: {block}")
-                up["blocks"][block] = body if self.lazy_blocks else self._decode_records(table, body)
+                if "arrow" in r.params:
+                    data = ArrowBlock(unframe_chunks(body))  # the framing is checked even when lazy
+                    up["blocks"][block] = data if self.lazy_blocks else self._decode_arrow(table, data)
+                else:
+                    up["blocks"][block] = body if self.lazy_blocks else self._decode_records(table, body)
                 if block not in up["order"]:
                     up["order"].append(block)
                 return _response(req, 200, "", "text/plain")
@@ -370,6 +378,8 @@ class FakeMaxCompute:
         """A table's data is rows and committed blocks (lists of rows, or raw bodies)."""
         if isinstance(item, tuple):
             return [item]
+        if isinstance(item, ArrowBlock):
+            return self._decode_arrow(table, item)
         if isinstance(item, (bytes, bytearray)):
             return self._decode_records(table, bytes(item))
         return list(item)
@@ -425,6 +435,34 @@ class FakeMaxCompute:
             out.append(tuple(record.values[: len(table.columns)]))
         return out
 
+    def _decode_arrow(self, table: FakeTable, data: bytes) -> List[tuple]:
+        """Rows of an Arrow block (unframed), as the record reader would return them."""
+        schema = odps_schema_to_arrow_schema(table.schema())
+        out: List[tuple] = []
+        if not data:
+            return out
+        try:
+            reader = pa.ipc.MessageReader.open_stream(pa.py_buffer(data))
+            while True:
+                try:
+                    message = reader.read_next_message()
+                except StopIteration:
+                    break
+                if message is None:
+                    break
+                batch = pa.ipc.read_record_batch(message, schema)
+                columns = []
+                for i, column in enumerate(batch.columns):
+                    values = column.to_pylist()
+                    if pa.types.is_timestamp(schema.field(i).type):  # the record reader's naive local time
+                        values = [None if v is None else datetime.datetime.fromtimestamp(v.timestamp())
+                                  for v in values]
+                    columns.append(values)
+                out.extend(zip(*columns))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise _HttpError(400, "MalformedDataStream", f"cannot read the Arrow block: {e}") from None
+        return out
+
     # --- over HTTP -----------------------------------------------------------------------------
     def serve_http(self) -> Dict[str, str]:
         """Serve this fake on two loopback ports; returns the service and tunnel endpoints.
@@ -478,6 +516,47 @@ def frame_chunks(data: bytes) -> bytes:
     out.write(tail)
     out.write(struct.pack("!I", crccrc.getvalue()))
     return out.getvalue()
+
+
+class ArrowBlock(bytes):
+    """An Arrow upload's record-batch messages, unframed (told apart from a protobuf block)."""
+
+
+def unframe_chunks(body: bytes) -> bytes:
+    """The data of a body framed as pyodps' Arrow writer frames it; a bad CRC is a 400, as upstream.
+
+    A 4-byte big-endian chunk size (absent when no data was written at all), then each full chunk
+    followed by its CRC, then the last (partial, maybe empty) chunk and the CRC of all the data.
+    """
+    def crc_of(data: bytes) -> int:
+        c = Checksum()
+        c.update(data)
+        return c.getvalue()
+
+    def bad(why: str) -> _HttpError:
+        return _HttpError(400, "DataCheckSumError", f"arrow upload: {why}")
+
+    if len(body) == 4:
+        if struct.unpack("!I", body)[0] != crc_of(b""):
+            raise bad("the checksum of an empty body does not match")
+        return b""
+    if len(body) < 8:
+        raise bad(f"a body of {len(body)} bytes is too short")
+    size = struct.unpack("!I", body[:4])[0]
+    if size <= 0:
+        raise bad("chunk size 0")
+    parts, pos = [], 4
+    while len(body) - pos > size + 4:
+        chunk = body[pos:pos + size]
+        if struct.unpack("!I", body[pos + size:pos + size + 4])[0] != crc_of(chunk):
+            raise bad(f"the checksum of the chunk at byte {pos} does not match")
+        parts.append(chunk)
+        pos += size + 4
+    parts.append(body[pos:-4])
+    data = b"".join(parts)
+    if struct.unpack("!I", body[-4:])[0] != crc_of(data):
+        raise bad("the checksum of the whole body does not match")
+    return data
 
 
 class _HttpError(Exception):

@@ -18,9 +18,11 @@ Every transition is one etcd transaction whose comparisons make it exclusive:
   free, copies the longest-running held slice: ``claim/<s>`` and ``attempts/<s>`` unchanged since read,
   ``done/<s>`` absent, fewer than ``max_copies`` copies of this attempt so far → create
   ``backup/<s>/<worker>`` bound to its lease. The copy keeps the slice id and the attempt number.
-* *commit*: ``done/<s>`` does not exist → create it with the attempt's staged outputs. First committer
-  wins (primary or copy); every other attempt of the slice gets ``False`` and discards its staged
-  output.
+* *commit*: ``done/<s>`` does not exist, and the attempt still holds its claim (or copy) key → create
+  ``done/<s>`` with the attempt's staged outputs. First committer wins (primary or copy); every other
+  attempt of the slice gets ``False`` and discards its staged output, and so does an attempt whose
+  claim was lost (its lease expired while the worker was cut off, or it was given back on SIGTERM),
+  even when nobody else has committed the slice yet.
 * *requeue*: the slice is in no state at all (its claim and every copy vanished with their leases) →
   back to todo, or to failed once it has been attempted ``max_attempts`` times.
 
@@ -123,6 +125,8 @@ class Dataset:
         self._sink: Optional[Dict[str, Any]] = None  # the dataset's agreed output sink, once known
         self._agreed: set = set()  # ids of the sink objects checked against it
         self._ended_early = False  # OutOfRange was raised while this worker still held slices
+        if isinstance(getattr(session, "datasets", None), dict):
+            session.datasets.setdefault(ds_id, self)  # its claims are given back on SIGTERM
 
     # ------------------------------------------------------------------ planning
     def ensure_plan(self, planner: Callable[[], PlanData], slice_size: int,
@@ -544,6 +548,7 @@ class Dataset:
         stats = self._stats_if_won(claim, dt, now)
         backup_prefix = st.key(self.k.backup + sid + "/")
         done_key = st.key(self.k.done + sid)
+        held_key = st.key(self.k.backup_of(sid, session.worker_id) if claim.backup else self.k.claim + sid)
 
         def txn(lease):
             success = [
@@ -569,7 +574,13 @@ class Dataset:
             if extra is not None:  # last: its reply is the last response, read below
                 piggy.append(extra[0])
                 success.append(extra[1])
-            return st.txn(f"commit slice {sid}", [tx.version(done_key) == 0], success, [tx.get(done_key)])
+            compare = [tx.version(done_key) == 0]
+            if claim.record is not None:
+                # Only while our attempt still holds its claim or copy key: one whose lease expired
+                # (the worker was cut off or stopped past the TTL) or that was given back on SIGTERM
+                # must never commit, even if nobody else has yet.
+                compare.append(tx.value(held_key) == dumps(claim.record))
+            return st.txn(f"commit slice {sid}", compare, success, [tx.get(done_key)])
 
         piggy: List[Claim] = []
         ok, responses = session.leased(txn)
@@ -933,8 +944,11 @@ class Dataset:
                 self._ignore(rel, "its slice id is not in the plan")
                 continue
             record = loads(raw, self.store.key(rel))
-            problem = (records.commit_problem(record, self.agreed_sink()) if kind == "done"
-                       else records.failure_problem(record))
+            # The agreed sink is read only for a record with outputs (one etcd read per record
+            # while none is agreed, e.g. every record of a job writing no outputs, added up).
+            outputs = isinstance(record, dict) and bool(record.get("out"))
+            problem = (records.commit_problem(record, self.agreed_sink() if outputs else self._sink)
+                       if kind == "done" else records.failure_problem(record))
             if problem is not None:
                 raise EtcdDataError(f"refusing the record at {self.store.key(rel)}: {problem}")
             yield sid, record, meta

@@ -141,8 +141,10 @@ def adopt(dataset: Dataset, slice_id: str, token: str, units: int) -> Tuple[Clai
 
     The key is re-put under our lease only if it still holds the reader's attempt (compared by
     modification revision), so an attempt that already lost its claim (its reader died long ago and
-    the slice went to somebody else) never steals the newer one. Such an attempt is still processed
-    and may still commit: the commit transaction decides, exactly once.
+    the slice went to somebody else) never steals the newer one. Such an attempt cannot commit: the
+    commit transaction compares the attempt's claim record (``claim.record``), and a lost claim's
+    can never match, so its output is discarded. Where the adoption itself failed (etcd away), the
+    claim stays the reader's and commits only while the reader's claim lives.
     """
     number, attempt = parse_token(token)
     local = local_claim(dataset.ds_id, slice_id, attempt)
@@ -158,8 +160,9 @@ def adopt(dataset: Dataset, slice_id: str, token: str, units: int) -> Tuple[Clai
     rel = dataset.k.claim + slice_id
     value, meta = st.get(rel)
     if value is None or value.get("at") != attempt:
-        log.warning("aimaster: slice %s reached the consumer after its claim was lost; processing it anyway "
-                    "(only one attempt can commit)", slice_id)
+        log.warning("aimaster: slice %s reached the consumer after its claim was lost; its output will not be "
+                    "committed", slice_id)
+        claim.record = {"lost": attempt}  # matches no claim key: the commit fails, the output is dropped
         return claim, False
     record: Dict[str, Any] = dict(value, w=session.worker_id, via=value.get("w"))
     key = st.key(rel)
@@ -174,6 +177,8 @@ def adopt(dataset: Dataset, slice_id: str, token: str, units: int) -> Tuple[Clai
     except Exception as e:  # noqa: BLE001 - adoption only shortens the at-least-once window
         log.warning("aimaster: could not adopt the claim of slice %s (%s); it stays with its reader", slice_id, e)
         ok = False
+    if not ok:
+        claim.record = value  # still the reader's: committed only while the reader's claim lives
     if ok:
         claim.record = record  # release() deletes the claim key only while it holds exactly this
         track = getattr(session, "track", None)

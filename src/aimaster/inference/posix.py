@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
 from aimaster.data.coordinator import Claim, Dataset, PlanData
+from aimaster.data.handoff import give_back_unstarted
 from aimaster.data.runtime import current_session
-from aimaster.errors import ConfigError, EtcdDataError, InputNotFoundError
+from aimaster.errors import ConfigError, EtcdDataError
 from aimaster.io import file_plan, files, input_check
 
 log = logging.getLogger(__name__)
@@ -17,9 +19,18 @@ log = logging.getLogger(__name__)
 class PosixFileConfig:
     """Where the files are, where outputs go, and how many files make a slice.
 
-    ``skip_unreadable``: entries under ``input_dir`` that cannot be read (an unreadable directory,
-    a dangling symlink, a name that is not UTF-8) are left out with a warning, and recorded in the
-    plan, instead of failing the job (the default: never lose inputs silently).
+    :param input_dir: directory whose files (recursively, sorted by name) are the inputs; a local
+        path or an fsspec URL. May be empty when ``input_file_meta_path`` lists the inputs.
+    :param output_dir: directory for the slices' outputs (:meth:`PosixFileClient.open_slice_output`);
+        empty when the program writes no output through aimaster.
+    :param slice_size: files per slice (a positive integer): the unit that is claimed, retried and
+        committed exactly once.
+    :param auto_create_output_dir: create ``output_dir`` when it does not exist (else that is an error).
+    :param input_file_meta_path: a meta file listing the inputs instead of ``input_dir`` (its format:
+        see the Concepts page, "The meta file").
+    :param skip_unreadable: entries under ``input_dir`` that cannot be read (an unreadable directory,
+        a dangling symlink, a name that is not UTF-8) are left out with a warning, and recorded in
+        the plan, instead of failing the job (the default: never lose inputs silently).
     """
 
     def __init__(self, input_dir, output_dir, slice_size, auto_create_output_dir=True,
@@ -41,18 +52,18 @@ class PosixFileConfig:
 
 
 class PosixFileClient:
-    """Hands out slices of files to this worker; see CONTRACT.md section 2 "POSIX files"."""
+    """Hands out slices of files to this worker; see CONTRACT.md section 2 "POSIX files".
+
+    :param config: the dataset (:class:`PosixFileConfig`). Every worker of a job constructing a
+        client with the same input agrees on the same plan without talking; the first to arrive
+        lists the input and writes the plan.
+    """
 
     def __init__(self, config: PosixFileConfig):
         self.config = config
         self._sink: Optional[files.FileSink] = None
         if config.output_dir:
-            fs, root = files.resolve(config.output_dir)
-            if not fs.exists(root):
-                if not config.auto_create_output_dir:
-                    raise InputNotFoundError(
-                        f"output_dir {config.output_dir} does not exist (auto_create_output_dir=False)")
-                fs.makedirs(root, exist_ok=True)
+            files.ensure_output_dir(config.output_dir, config.auto_create_output_dir)
             self._sink = files.FileSink(config.output_dir)
         self._session = current_session()
         source = self._source_key()
@@ -68,6 +79,8 @@ class PosixFileClient:
         self._current: Optional[str] = None
         self._open: Dict[str, List[files.StagedFile]] = {}
         self._paths: Dict[str, List[Tuple[str, List[str]]]] = {}  # slice_output_path files, to fsync
+        self._framework: set = set()  # held slices a framework reader claimed (see _hold_claim)
+        self._exit_hook = False
 
     def _source_key(self):
         c = self.config
@@ -125,7 +138,11 @@ class PosixFileClient:
         return self._current
 
     def commit_slice(self, slice_id: Optional[str] = None) -> bool:
-        """Commit a slice (default: the current one). True if this attempt is its one commit."""
+        """Commit a slice (default: the current one). True if this attempt is its one commit.
+
+        The same etcd transaction claims the next free slice for the next :meth:`get_next_slice`
+        (one round trip per slice); a program that ends without asking for it gives it back at exit.
+        """
         sid = self._current if slice_id is None else str(slice_id)
         if sid is None:
             raise ConfigError("commit_slice() called before get_next_slice()")
@@ -136,7 +153,18 @@ class PosixFileClient:
             f.close()
         for path, created in self._paths.pop(sid, []):
             self._sink.sync_staged(path, created)  # written by a library: make it durable first
-        return self._dataset.commit(claim)
+        # One transaction per slice: the commit of a slice from get_next_slice() also claims the
+        # next free one, which the next get_next_slice() returns (one left unasked for is given back
+        # at exit, see _give_back_unasked). Only when this worker holds no other slice: a program
+        # that already works on the next one (PAI's DataWriter commits a slice once the next has
+        # begun) would hold the claimed one idle meanwhile, and at the end of the data keep it from
+        # an idle peer. Framework readers claim for themselves: nothing rides in their commits.
+        claim_next = sid not in self._framework and all(other in self._framework for other in self._held)
+        self._framework.discard(sid)
+        if claim_next and not self._exit_hook:
+            self._exit_hook = True
+            atexit.register(_give_back_unasked, self._dataset)
+        return self._dataset.commit(claim, claim_next=claim_next)
 
     # ------------------------------------------------------------------ atomic outputs
     def open_slice_output(self, name: Optional[str] = None, mode: str = "w", slice_id: Optional[str] = None,
@@ -181,6 +209,7 @@ class PosixFileClient:
         """Give a held slice back uncommitted (e.g. after a caught error), recording the error."""
         sid = self._current if slice_id is None else str(slice_id)
         claim = self._held.pop(sid, None)
+        self._framework.discard(sid)
         if claim is None:
             return
         for f in self._open.pop(sid, []):
@@ -220,3 +249,13 @@ class PosixFileClient:
             raise ConfigError(f"slice {claim.slice_id} is already held through get_next_slice(); do not mix "
                               "get_next_slice() with a framework dataset of the same client")
         self._held[claim.slice_id] = claim
+        self._framework.add(claim.slice_id)
+
+
+def _give_back_unasked(dataset: Dataset) -> None:
+    """At exit: the slice the last commit claimed for a get_next_slice() that never came goes back
+    to todo at once, its attempt not counted (it was never started)."""
+    try:
+        give_back_unstarted(dataset)
+    except Exception as e:  # noqa: BLE001 - exiting anyway; the lease frees the claim
+        log.warning("aimaster: could not give back the slice claimed ahead (%s); it returns with the lease", e)

@@ -63,6 +63,7 @@ from aimaster.io.tables.odps import (
     session_lifetime,
     translated_errors,
 )
+from aimaster.io.tables.odps_arrow import arrow_batches, write_arrow_block
 from aimaster.io.tables.types import Column
 from aimaster.io.tables.urls import parse_odps_url
 
@@ -316,6 +317,10 @@ class MaxComputeSink(TableSink):
 
     @staticmethod
     def _write_block(session, block: int, tables: List[pa.Table]) -> None:
+        batches = arrow_batches(session, tables)  # Arrow where it writes the same values (odps_arrow)
+        if batches is not None:
+            write_arrow_block(session, block, batches)
+            return
         writer = session.open_record_writer(block)
         try:
             for table in tables:
