@@ -8,7 +8,10 @@ import json
 import subprocess
 import sys
 
-from helpers import aimaster_cmd, clean_env, make_files, program
+from helpers import aimaster_cmd, clean_env, make_files, program, wait_for
+
+from aimaster.data import keys
+from aimaster.data.store import EtcdConfig, Store, job_prefix
 
 WORKER = program("file_worker.py")
 
@@ -21,6 +24,13 @@ def test_a_joiners_user_error_ends_the_masters_job_failed(etcd, job_id, tmp_path
                      "--state-dir", str(tmp_path / "master"), "--", sys.executable, WORKER, str(inp), str(out), "5"),
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        # Join once the master has written the job record (before, `aimaster join` says "no job").
+        store = Store(EtcdConfig([etcd.endpoint], retry_seconds=10), job_prefix(job_id))
+        try:
+            wait_for(lambda: store.get_value(keys.JOB) is not None or master.poll() is not None, timeout=60,
+                     what="the job record")
+        finally:
+            store.close()
         # The joiner's program points at an input directory that does not exist: a user error
         # (exit 3, "aimaster: error: ..."), which fails the job at once under every policy.
         joiner = subprocess.run(

@@ -89,7 +89,11 @@ def test_vllm_example_pins_each_worker_to_its_own_gpus(monkeypatch):
     spec = importlib.util.spec_from_file_location("vllm_generate", os.path.join(EXAMPLE_DIR, "vllm_generate.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # imports vllm only in main()
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    # pin_gpus sets os.environ itself: set (then delete) through monkeypatch first, so that its undo
+    # removes what pin_gpus set. (It leaked "6,7" into this process, and a Ray cluster started by a
+    # later test took its GPU ids from it.)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "unset-by-this-test")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.setenv("AIMASTER_WORKER_SLOT", "3")
     module.pin_gpus(2)
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "6,7"

@@ -30,8 +30,9 @@ FAST_HEALTH = {"RAY_health_check_period_ms": "300", "RAY_health_check_failure_th
 @pytest.fixture(scope="module")
 def cluster():
     """A head (2 CPUs, 2 GPUs that Ray only accounts for) and an added node (2 CPUs)."""
-    saved = {k: os.environ.get(k) for k in FAST_HEALTH}
+    saved = {k: os.environ.get(k) for k in (*FAST_HEALTH, "CUDA_VISIBLE_DEVICES")}
     os.environ.update(FAST_HEALTH)
+    os.environ.pop("CUDA_VISIBLE_DEVICES", None)  # the raylet would take its GPU ids from it
     c = None
     try:
         c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 2})

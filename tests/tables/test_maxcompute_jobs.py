@@ -31,8 +31,11 @@ def _short_lived(fake, lifetime: float) -> dict:
 
 @pytest.mark.parametrize("buffer_size", [0, 2048])
 def test_a_job_longer_than_the_session_lifetime(tmp_path, job_tables, buffer_size):
-    lifetime = 6.0
-    tables = job_tables("odps", 60 * SLICE)  # about 0.2 s per slice, two workers: about 2 lifetimes
+    # A generation must be sealed between 5L/8 and L of its age by a worker that still looks, or by
+    # the master's finalize once every worker has exited: with L = 6 s that window (2.25 s) was missed
+    # on a loaded 2-core CI machine. L = 10 s; 80 slices keep the job longer than one lifetime.
+    lifetime = 10.0
+    tables = job_tables("odps", 80 * SLICE)  # about 0.2 s per slice, two workers
     env = dict(_short_lived(tables.fake, lifetime), BUFFER_SIZE=str(buffer_size))
     t0 = time.monotonic()
     r = run_job(tmp_path / "state", "long", tables, SLICE, env=env, workers=2)
