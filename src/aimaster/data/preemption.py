@@ -87,7 +87,7 @@ def preempt(session: WorkerSession) -> List[str]:
     if session.preempted is not None:  # signal handlers run in the main thread only: no race here
         return []
     watchdog(grace_seconds())  # first: what follows may wait on etcd, or on a lock another thread holds
-    _quiet_child_handler()
+    quiet_child_handler()
     with session._lock:
         session.preempted = time.time()
         session._closed.set()  # the keep-alive thread stops: the lease is about to be revoked
@@ -115,7 +115,7 @@ def preempt(session: WorkerSession) -> List[str]:
     return given
 
 
-def _quiet_child_handler() -> None:
+def quiet_child_handler() -> None:
     """No SIGCHLD handler of the program's may interrupt the give-back or the unwinding.
 
     A SIGTERM to the worker's process group reaches its ``DataLoader`` workers too; they die, and

@@ -27,6 +27,7 @@ from typing import Optional
 
 from aimaster.data import keys
 from aimaster.data.etcd_server import EmbeddedEtcd
+from aimaster.data.preemption import Preempted, preempt, quiet_child_handler
 from aimaster.data.session import WorkerSession
 from aimaster.data.store import EtcdConfig, Store, job_prefix
 
@@ -153,8 +154,9 @@ def install_excepthook() -> None:
 def _terminate(signum, frame):
     # SIGTERM (a preemption, or the launcher stopping us): our slices go back to the pool now, not
     # after the TTL, and we exit 0, marked preempted (see aimaster.data.preemption).
-    from aimaster.data.preemption import Preempted, preempt
-
+    # First of all (nothing imported or waited on before it): a SIGTERM to the process group kills
+    # the DataLoader readers too, and PyTorch's SIGCHLD handler would raise inside this handler.
+    quiet_child_handler()
     session = _session
     if session is not None and session.pid == os.getpid():
         if session.preempted is not None:
