@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from helpers import aimaster_cmd, assert_exactly_once, clean_env, make_files, program, run_aimaster, wait_for
 from pyetcd.etcdrpc import rpc_pb2
 
-from aimaster.data.store import EtcdConfig, Store, job_prefix
+from aimaster.data.store import Compare, EtcdConfig, Op, Store, job_prefix
 from aimaster.errors import ConfigError, CredentialsError, EtcdUnavailableError
 from aimaster.master.state_dir import JobStateDir
 from aimaster.security import bundle, certs, diagnose
@@ -119,8 +119,7 @@ def test_worker_user_reads_and_writes_its_job_prefix_only(secure_job):
         lease = worker.grant_lease(5)
         worker.put("workers/w", {"pid": 1}, lease=lease)
         assert worker.refresh_lease(lease) > 0
-        k = worker.key("ds/x/done/000001")
-        ok, _ = worker.txn("commit", [worker.tx.version(k) == 0], [worker.tx.put(k, "{}")])
+        ok, _ = worker.txn("commit", [Compare.version("ds/x/done/000001") == 0], [Op.put("ds/x/done/000001", "{}")])
         assert ok and worker.count("ds/") == 1
         worker.revoke_lease(lease)
         assert worker.get_value("workers/w") is None

@@ -1,4 +1,4 @@
-"""Submit and watch jobs from Python, in the spirit of the seed's DLC submit-and-poll loop::
+"""Submit and watch jobs from Python, in the spirit of PAI ElasticBatch's DLC submit-and-poll loop::
 
     from aimaster.api import submit
 
@@ -27,9 +27,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from aimaster.data import keys
 from aimaster.errors import JobError
+from aimaster.master.job_state import TERMINAL, JobState
 from aimaster.master.state_dir import JobStateDir, default_root
 
-FINAL_STATES = ("Succeeded", "Failed", "Stopped")
+FINAL_STATES = tuple(s.value for s in TERMINAL)
 
 
 class Job:
@@ -64,8 +65,8 @@ class Job:
             if self.process is not None and self.process.poll() is not None:
                 raise JobError(f"job {self.job_id} exited with code {self.process.returncode} before it "
                                f"started; see {self.state_dir.path}/launcher.log")
-            return {"job_id": self.job_id, "state": "Pending", "slices": {"total": 0, "done": 0, "failed": 0,
-                                                                           "running": 0}}
+            return {"job_id": self.job_id, "state": JobState.PENDING.value,
+                    "slices": {"total": 0, "done": 0, "failed": 0, "running": 0}}
 
     def wait(self, timeout: Optional[float] = None, poll: float = 1.0) -> str:
         """Block until the job is Succeeded, Failed or Stopped; returns that state."""

@@ -6,44 +6,30 @@ import datetime
 import json
 import os
 import sys
-import uuid
 from typing import List, Optional
 
 import click
 from click.core import ParameterSource
 
 from aimaster.data import keys
-from aimaster.data.store import EtcdConfig, retry_seconds_from_env
 from aimaster.engines import commands as engine_commands
 from aimaster.errors import AimasterError, JobError
+from aimaster.etcd_flags import etcd_config
+from aimaster.job_ids import new_job_id
 from aimaster.master import retry
 from aimaster.master.commandline import check_command
+from aimaster.master.job_state import TERMINAL, JobState
 from aimaster.master.launchers.options import launcher_from_options, launcher_options
-from aimaster.master.master import Master, RunOptions, connect
+from aimaster.master.master import Master, connect
 from aimaster.master.policy import EXECUTION_MODES, POLICIES, FaultPolicy
+from aimaster.master.run_options import RunOptions
 from aimaster.master.state_dir import JobStateDir, default_root
 from aimaster.security.options import bundle_config, listen_option
+from aimaster.settings import DEFAULTS
 
 # Options before COMMAND are aimaster's: a typo is click's "no such option" (with its suggestion),
 # never the start of the worker command. Everything from COMMAND on (or after ``--``) is the worker's.
 _COMMAND = {"allow_interspersed_args": False}
-
-
-def _new_job_id() -> str:
-    return datetime.datetime.now().strftime("job-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
-
-
-def _etcd_config(etcd: Optional[str], user, password, ca, cert, key) -> Optional[EtcdConfig]:
-    if not etcd:
-        if any((user, password, ca, cert, key)):
-            raise click.UsageError("--etcd-user/--etcd-password/TLS options need --etcd")
-        return None
-    if bool(cert) != bool(key):
-        raise click.UsageError("--etcd-cert and --etcd-key go together")
-    if bool(user) != bool(password):
-        raise click.UsageError("--etcd-user and --etcd-password go together")
-    return EtcdConfig(EtcdConfig.parse_endpoints(etcd), user=user, password=password, ca_cert=ca,
-                      cert_cert=cert, cert_key=key, retry_seconds=retry_seconds_from_env())
 
 
 def etcd_options(f):
@@ -79,51 +65,57 @@ def cli() -> None:
               help="Worker processes to run on this machine (0: only workers that join from elsewhere).")
 @click.option("--job-id", help="Job id; re-running an id resumes it (committed slices are never redone).")
 @etcd_options
-@click.option("--min-workers", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--min-workers", type=click.IntRange(1), default=DEFAULTS.min_workers, show_default=True,
               help="The job counts as running (not pending) once this many workers are registered; "
                    "more may join, and any may leave, at any time.")
-@click.option("--launch-interval", type=click.FloatRange(0), default=0, show_default=True,
+@click.option("--launch-interval", type=click.FloatRange(0), default=DEFAULTS.launch_interval, show_default=True,
               help="Seconds between worker starts. Once every slice is committed nothing more starts, "
                    "so a ramp never runs more workers than the data needs.")
 @click.option("--standby", is_flag=True,
               help="Stand by for the job's master: take over (adopting its workers) if it dies.")
-@click.option("--job-execution-mode", type=click.Choice(EXECUTION_MODES), default="Async", show_default=True,
+@click.option("--job-execution-mode", type=click.Choice(EXECUTION_MODES), default=DEFAULTS.execution_mode,
+              show_default=True,
               help="Async: restart only a failed worker. Sync: restart all workers when one fails.")
-@click.option("--fault-tolerant-policy", type=click.Choice(POLICIES), default="OnFailure", show_default=True,
+@click.option("--fault-tolerant-policy", type=click.Choice(POLICIES), default=DEFAULTS.fault_tolerant_policy,
+              show_default=True,
               help="When to relaunch a failed worker.")
 @click.option("--max-num-of-same-error", type=click.IntRange(1), default=None,
-              help="The same failure this many times fails the job [default: 20]. Unless given, a hopeless "
+              help=f"The same failure this many times fails the job [default: {DEFAULTS.max_num_of_same_error}]. "
+                   "Unless given, a hopeless "
                    "crash (every worker dies the same way before anything is committed) fails it at once.")
 @click.option("--enable-job-hang-detection", is_flag=True, help="Kill and relaunch workers that stop progressing.")
-@click.option("--job-hang-interval", type=click.FloatRange(1), default=600, show_default=True,
+@click.option("--job-hang-interval", type=click.FloatRange(1), default=DEFAULTS.hang_interval, show_default=True,
               help="Seconds without progress after which a worker counts as hung.")
-@click.option("--lease-ttl", type=click.IntRange(2), default=10, show_default=True,
+@click.option("--lease-ttl", type=click.IntRange(2), default=DEFAULTS.lease_ttl, show_default=True,
               help="Seconds after which a dead worker's slices are handed out again.")
-@click.option("--max-slice-attempts", type=click.IntRange(1), default=4, show_default=True,
+@click.option("--max-slice-attempts", type=click.IntRange(1), default=DEFAULTS.max_slice_attempts, show_default=True,
               help="Attempts after which a slice is reported failed instead of retried (a poison slice "
                    "does not block the job).")
 @click.option("--slice-timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
               help="Abandon an attempt running longer than this (its worker is killed and relaunched) and hand "
                    "the slice out again, as a failed attempt. Off by default.")
-@click.option("--speculation/--no-speculation", default=True, show_default=True,
+@click.option("--speculation/--no-speculation", default=DEFAULTS.speculation, show_default=True,
               help="When no slice is free, idle workers copy the longest-running held slice; the first "
                    "commit wins.")
-@click.option("--speculation-multiplier", type=click.FloatRange(0), default=1.5, show_default=True,
+@click.option("--speculation-multiplier", type=click.FloatRange(0), default=DEFAULTS.speculation_multiplier,
+              show_default=True,
               help="Copy a slice only once it has run this many times the median slice duration.")
-@click.option("--max-slice-copies", type=click.IntRange(0), default=1, show_default=True,
+@click.option("--max-slice-copies", type=click.IntRange(0), default=DEFAULTS.max_slice_copies, show_default=True,
               help="Speculative copies per slice attempt.")
-@click.option("--slow-worker-multiplier", type=click.FloatRange(0), default=3.0, show_default=True,
+@click.option("--slow-worker-multiplier", type=click.FloatRange(0), default=DEFAULTS.slow_worker_multiplier,
+              show_default=True,
               help="Replace a worker whose slices take this many times its peers' median (0: never).")
-@click.option("--slow-worker-min-samples", type=click.IntRange(1), default=5, show_default=True,
+@click.option("--slow-worker-min-samples", type=click.IntRange(1), default=DEFAULTS.slow_worker_min_samples,
+              show_default=True,
               help="Slice durations the peers must have reported before a worker can be called slow.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535),
               help="Serve Prometheus metrics on this port (http://HOST:PORT/metrics). Off by default.")
 @click.option("--metrics-grace", type=click.FloatRange(0), default=30.0, show_default=True,
               help="With --metrics-port: seconds the endpoint keeps serving the final values after the job "
                    "ended, so that a scrape sees the end (Ctrl-C skips it).")
-@click.option("--log-max-bytes", type=click.IntRange(1024), default=50 * 1024 * 1024, show_default=True,
+@click.option("--log-max-bytes", type=click.IntRange(1024), default=DEFAULTS.log_max_bytes, show_default=True,
               help="Size at which a worker's stdout/stderr file in the state directory is rotated.")
-@click.option("--log-backups", type=click.IntRange(1), default=3, show_default=True,
+@click.option("--log-backups", type=click.IntRange(1), default=DEFAULTS.log_backups, show_default=True,
               help="Rotated files kept per worker log (worker-N.out.1, .2, ...).")
 @click.option("--tee", is_flag=True, help="Also print workers' output on the console, prefixed with the worker id.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
@@ -150,12 +142,13 @@ def run(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etc
     line every $AIMASTER_PROGRESS_INTERVAL seconds (default 5).
     """
     job_id_given = bool(job_id)
-    job_id = keys.check_name("job id", job_id or _new_job_id())
+    job_id = keys.check_name("job id", job_id or new_job_id())
     opts = RunOptions(
         command=_command(command), job_id=job_id, workers=workers,
-        etcd=_etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key),
+        etcd=etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key),
         state_root=state_dir or default_root(), min_workers=min_workers,
-        policy=FaultPolicy(job_execution_mode, fault_tolerant_policy, max_num_of_same_error or 20,
+        policy=FaultPolicy(job_execution_mode, fault_tolerant_policy,
+                           max_num_of_same_error or DEFAULTS.max_num_of_same_error,
                            fail_fast=max_num_of_same_error is None),
         hang_detection=enable_job_hang_detection, hang_interval=job_hang_interval, lease_ttl=lease_ttl,
         max_slice_attempts=max_slice_attempts, progress=not quiet, launch_interval=launch_interval,
@@ -184,8 +177,8 @@ def run(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etc
 @click.option("--bundle", type=click.Path(dir_okay=False),
               help="The job's join bundle (join.json, written by aimaster run --listen): etcd address and credentials.")
 @etcd_options
-@click.option("--lease-ttl", type=click.IntRange(2), default=10, show_default=True)
-@click.option("--log-max-bytes", type=click.IntRange(1024), default=50 * 1024 * 1024, show_default=True,
+@click.option("--lease-ttl", type=click.IntRange(2), default=DEFAULTS.lease_ttl, show_default=True)
+@click.option("--log-max-bytes", type=click.IntRange(1024), default=DEFAULTS.log_max_bytes, show_default=True,
               help="Size at which a worker's stdout/stderr file is rotated.")
 @click.option("--tee", is_flag=True, help="Also print workers' output on the console, prefixed with the worker id.")
 @click.option("--quiet", is_flag=True)
@@ -202,7 +195,7 @@ def join(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, et
     relaunched here if they fail, and may leave at any time (Ctrl-C): their slices go back to the pool.
     """
     command = _command(command)  # a COMMAND that does not exist is refused before etcd is asked anything
-    cfg = _etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key)
+    cfg = etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key)
     if bundle:
         cfg, job_id = bundle_config(bundle, job_id, etcd, state_dir or default_root())
     if cfg is None:
@@ -237,7 +230,7 @@ def status(job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key,
 
     from aimaster.master.status import format_failed, format_status, job_status
 
-    cfg = _etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key)
+    cfg = etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key)
     root = state_dir or default_root()
     if bundle:
         cfg, job_id = bundle_config(bundle, job_id, etcd, root, keep=False)
@@ -254,7 +247,7 @@ def status(job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key,
             click.echo("\x1b[H\x1b[2J" + text)  # redraw in place
         else:
             click.echo(text)
-        if not watch or view["state"] in ("Succeeded", "Failed", "Stopped"):
+        if not watch or view["state"] in TERMINAL:
             return
         job_id = view["job_id"]
         if not live:
@@ -274,7 +267,7 @@ def stop(job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key, s
     """
     from aimaster.master.control import request_stop
 
-    cfg = _etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key)
+    cfg = etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key)
     request_stop(keys.check_name("job id", job_id), cfg, state_dir or default_root())
     click.echo(f"aimaster: stop requested for job {job_id}; its master stops it within a few seconds", err=True)
 
@@ -311,7 +304,7 @@ def jobs(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key, state_dir
     """
     from aimaster.master.control import jobs_in_state_dir, list_jobs
 
-    cfg = _etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key)
+    cfg = etcd_config(etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key)
     if cfg is not None:
         rows = list_jobs(cfg)
     else:
@@ -343,13 +336,13 @@ def _state_dir_job(root: str, job_id: str) -> dict:
                 record = store.get_value(keys.JOB) or {}
             finally:
                 store.close()
-            return {"job_id": job_id, "state": record.get("state", "Pending"), "created": record.get("created"),
-                    "workers": record.get("workers")}
+            return {"job_id": job_id, "state": record.get("state", JobState.PENDING.value),
+                    "created": record.get("created"), "workers": record.get("workers")}
         except AimasterError as e:
             return {"job_id": job_id, "state": "Unknown", "error": str(e)}
     if report:
         return {"job_id": job_id, "state": report.get("state"), "created": report.get("started")}
-    return {"job_id": job_id, "state": "Unknown" if os.path.exists(state.etcd_dir) else "Pending"}
+    return {"job_id": job_id, "state": "Unknown" if os.path.exists(state.etcd_dir) else JobState.PENDING.value}
 
 
 @cli.command()

@@ -12,6 +12,7 @@ import threading
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 from aimaster.errors import ConfigError
+from aimaster.master.job_state import JobState
 from aimaster.master.progress import items_done
 
 # Claim and commit latencies span sub-millisecond (local etcd) to seconds (a remote, loaded cluster).
@@ -90,7 +91,7 @@ class JobMetrics:
             self._seen[key] = 0
 
     def set_state(self, state: str) -> None:
-        for s in ("Pending", "Running", "Succeeded", "Failed", "Stopped"):
+        for s in (member.value for member in JobState):
             self.job_state.labels(self.job_id, s).set(1 if s == state else 0)
 
     def update(self, view, rates: Optional[Dict[str, float]] = None, relaunches: Optional[Dict[str, int]] = None,

@@ -30,15 +30,27 @@ Everything lives under ``/aimaster/v1/jobs/<job-id>/``::
     ds/<ds>/finalized           outputs of the whole dataset published (and sessions committed)
     ds/<ds>/retaken             changed whenever a commit is taken back (its output died with an
                                 expired MaxCompute upload session): cached completion is re-read
+    ds/<ds>/finalizing          the one process finalizing the dataset (bound to its lease)
     ds/<ds>/slots/<s>/<a>.<k>   table outputs: the block slot k a speculative copy of attempt a took
     ds/<ds>/uploads/<g>         MaxCompute: upload session generation g shared by the job's writers
     ds/<ds>/uploads-new         MaxCompute: the process creating the next generation (leased)
     ds/<ds>/uploads-seal/<g>    MaxCompute: generation g sealed (no upload or commit into it)
+    control                     the job's control record: stop, or fail with a reason (aimaster.master.control)
+    restart                     the Sync restart epoch: bumped to restart every worker together (master.sync)
+    joiners/<host>-<pid>        an `aimaster join` supervisor, bound to its lease: the master waits for it
+
+and, outside every job, ``/aimaster/v1/index/<job-id>``: one small key per job, so listing jobs
+never reads their slices (:data:`INDEX`, an absolute key).
+
+The slice records (``todo``, ``claim``, ``backup``, ``attempts``, ``done``, ``failed``, ``slots``) are
+the dataclasses of :mod:`aimaster.data.records`, which validate them as they are read.
 """
 
 from __future__ import annotations
 
 import re
+
+from aimaster.data.store import ROOT
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -61,6 +73,15 @@ BEATS = "beat/"
 STATS = "stats/"
 STOP_REQUESTS = "stop/"
 DATASETS = "ds/"
+CONTROL = "control"
+RESTART = "restart"
+JOINERS = "joiners/"
+INDEX = f"{ROOT}index/"  # absolute: outside every job's prefix
+
+
+def job_index(job_id: str) -> str:
+    """The job's entry in the index of jobs (an absolute key)."""
+    return f"{INDEX}{job_id}"
 
 
 def worker(worker_id: str) -> str:
@@ -83,6 +104,10 @@ def standby(standby_id: str) -> str:
     return f"{STANDBY}{standby_id}"
 
 
+def joiner(name: str) -> str:
+    return f"{JOINERS}{name}"
+
+
 class DatasetKeys:
     """Keys of one dataset within a job."""
 
@@ -102,9 +127,28 @@ class DatasetKeys:
         self.finalizing = self.base + "finalizing"
         self.sink = self.base + "sink"
         self.retaken = self.base + "retaken"
+        self.slots = self.base + "slots/"
+        self.uploads = self.base + "uploads/"
+        self.uploads_new = self.base + "uploads-new"
+        self.uploads_seal = self.base + "uploads-seal/"
+        self.inputcheck = self.base + "inputcheck"
+        self.inputchecker = self.base + "inputchecker"
 
     def item_chunk(self, n: int) -> str:
         return f"{self.items}{n:06d}"
 
     def backup_of(self, slice_id: str, worker_id: str) -> str:
         return f"{self.backup}{slice_id}/{worker_id}"
+
+    def backups_of(self, slice_id: str) -> str:
+        """The prefix of every speculative copy of a slice."""
+        return f"{self.backup}{slice_id}/"
+
+    def slot(self, slice_id: str, attempt_no: int, ordinal: int) -> str:
+        return f"{self.slots}{slice_id}/{attempt_no}.{ordinal}"
+
+    def upload_generation(self, generation: int) -> str:
+        return f"{self.uploads}{generation:06d}"
+
+    def upload_seal(self, generation: int) -> str:
+        return f"{self.uploads_seal}{generation:06d}"

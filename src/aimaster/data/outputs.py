@@ -9,44 +9,39 @@ alone, so a crash between commit and publish never loses output, and the staged 
 attempt is discarded instead of published, so it never appears.
 
 Sinks are rebuilt in other processes from :meth:`OutputSink.describe`, a JSON dict, through the
-registry below: nothing but JSON ever goes into etcd.
+one table of :mod:`aimaster.plugins`: nothing but JSON ever goes into etcd.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, ClassVar, Dict, Iterable, Mapping, Tuple, Type
+from typing import Any, ClassVar, Dict, Iterable, Mapping, Tuple, Type
+
+from aimaster import plugins
+from aimaster.errors import EtcdDataError
 
 StagedRef = Dict[str, Any]
 
-_REGISTRY: Dict[str, Type[OutputSink]] = {}
-
 
 def register_sink(cls: Type[OutputSink]) -> Type[OutputSink]:
-    """Class decorator: make ``cls`` rebuildable from its description (``{"kind": cls.kind, ...}``)."""
+    """Class decorator for sinks defined outside :mod:`aimaster.plugins`' table: make ``cls``
+    rebuildable from its description (``{"kind": cls.kind, ...}``). aimaster's own sinks are in the
+    table and need no import to be found."""
     if not cls.kind:
         raise TypeError(f"{cls.__name__} needs a non-empty 'kind'")
-    _REGISTRY[cls.kind] = cls
+    plugins.register("output_sink", cls.kind, cls)
     return cls
 
 
-_LOADERS: Dict[str, Callable[[], None]] = {}
-
-
-def register_sink_loader(kind: str, loader: Callable[[], None]) -> None:
-    """Let a sink kind be imported lazily (its module may need optional packages)."""
-    _LOADERS[kind] = loader
-
-
 def sink_from_description(description: Mapping[str, Any]) -> OutputSink:
+    """Rebuild a sink in this process from the description another one wrote to etcd."""
     kind = description.get("kind") if isinstance(description, Mapping) else None
-    if kind not in _REGISTRY and kind in _LOADERS:
-        _LOADERS[kind]()
-    if kind not in _REGISTRY:
-        from aimaster.errors import EtcdDataError
-
-        raise EtcdDataError(f"unknown output sink kind {kind!r} in {dict(description)!r}")
-    return _REGISTRY[kind].from_description(description)
+    try:
+        cls = plugins.load("output_sink", kind)
+    except plugins.UnknownPluginError as e:
+        shown = dict(description) if isinstance(description, Mapping) else description
+        raise EtcdDataError(f"{e} in sink description {shown!r:.200}")
+    return cls.from_description(description)
 
 
 class OutputSink(abc.ABC):

@@ -42,7 +42,8 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from aimaster.data import keys
-from aimaster.data.store import dumps, loads
+from aimaster.data.records import ClaimRecord
+from aimaster.data.store import Compare, Op
 from aimaster.errors import EtcdDataError
 
 if TYPE_CHECKING:
@@ -52,14 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREEMPTED_FIELD = "preempted"  # in stats/<worker>: when the worker gave its slices back on SIGTERM
-
-
-def grace_seconds() -> float:
-    """``AIMASTER_PREEMPT_GRACE``: how long a preempted program may take to unwind before os._exit(0)."""
-    try:
-        return max(0.5, float(os.environ.get("AIMASTER_PREEMPT_GRACE", "5")))
-    except ValueError:
-        return 5.0
 
 
 class Preempted(SystemExit):
@@ -86,9 +79,10 @@ def preempt(session: WorkerSession) -> List[str]:
     """
     if session.preempted is not None:  # signal handlers run in the main thread only: no race here
         return []
-    watchdog(grace_seconds())  # first: what follows may wait on etcd, or on a lock another thread holds
+    # First ($AIMASTER_PREEMPT_GRACE): what follows may wait on etcd, or on a lock another thread holds.
+    watchdog(session.settings.preempt_grace)
     quiet_child_handler()
-    with session._lock:
+    with session.lock:
         session.preempted = time.time()
         session._closed.set()  # the keep-alive thread stops: the lease is about to be revoked
     given: List[str] = []
@@ -97,10 +91,10 @@ def preempt(session: WorkerSession) -> List[str]:
             given += [f"{ds.ds_id}/{sid}" for sid in give_back_dataset(ds, session.worker_id)]
         except Exception as e:  # noqa: BLE001 - leaving anyway: the lease revocation frees the rest
             log.warning("aimaster: giving back the slices of dataset %s failed: %s", ds.ds_id, e)
-    with session._lock:
+    with session.lock:
         session.claims.clear()
     try:
-        if session._register:
+        if session.registered:
             session.publish_stats()  # carries the preempted mark (stats_value)
     except Exception as e:  # noqa: BLE001 - the mark is advisory; the slices are what matters
         log.warning("aimaster: could not mark worker %s preempted: %s", session.worker_id, e)
@@ -146,52 +140,30 @@ def _sweep_lost(session: WorkerSession) -> None:
 
 
 def give_back_dataset(ds: Dataset, worker_id: str) -> List[str]:
-    """Delete the family's claims and copies of one dataset; put the primaries' slices back to todo."""
-    st, tx = ds.store, ds.store.tx
+    """Delete the family's claims and copies of one dataset; put the primaries' slices back to todo.
+
+    A primary goes back uncounted (:meth:`Dataset.give_back_uncounted`: the preempted attempt did not
+    fail); when a copy of its slice still runs, or its records moved meanwhile, only the claim is
+    dropped (a requeue sweep brings the slice back if the copy dies).
+    """
+    st = ds.store
     given = []
     for prefix in (ds.k.claim, ds.k.backup):
         for rel, raw, meta in list(st.iter_prefix_chunks(prefix)):
             try:
-                record = loads(raw, st.key(rel))
+                record = ClaimRecord.from_json(raw, st.key(rel))
             except EtcdDataError:
                 continue
-            if not in_family(record.get("w"), worker_id):
+            if not in_family(record.worker, worker_id):
                 continue
             sid = rel[len(prefix):].split("/", 1)[0]
-            key = st.key(rel)
-            if prefix == ds.k.claim and _requeue_primary(ds, sid, key, meta, record):
+            if prefix == ds.k.claim and ds.give_back_uncounted(sid, rel, meta, record):
                 given.append(sid)
                 continue
-            ok, _ = st.txn(f"give back {key}", [tx.mod(key) == meta.mod_revision], [tx.delete(key)])
+            ok, _ = st.txn(f"give back {st.key(rel)}", [Compare.mod(rel) == meta.mod_revision], [Op.delete(rel)])
             if ok:
                 given.append(sid)
     return given
-
-
-def _requeue_primary(ds: Dataset, sid: str, key: str, meta: Any, record: Dict[str, Any]) -> bool:
-    """Claim key gone and slice in todo, in one transaction; False when a copy of the slice still
-    runs or its records moved meanwhile (the caller then only drops the claim: a requeue sweep
-    brings the slice back if the copy dies)."""
-    import pyetcd.utils
-
-    st, tx = ds.store, ds.store.tx
-    attempts, att_meta = ds._attempts(sid)
-    attempts = attempts or {}
-    n = attempts.get("a") if isinstance(attempts.get("a"), int) and not isinstance(attempts.get("a"), bool) \
-        else record.get("a") if isinstance(record.get("a"), int) else 1
-    uncounted = max(0, n - 1)  # the preempted attempt did not fail: it is not one of the slice's attempts
-    error = attempts.get("e") if isinstance(attempts.get("e"), str) else None
-    backups = st.key(ds.k.backup + sid + "/")
-    compare = [tx.mod(key) == meta.mod_revision,
-               tx.version(st.key(ds.k.done + sid)) == 0,
-               tx.version(st.key(ds.k.todo + sid)) == 0,
-               tx.version(backups, range_end=pyetcd.utils.prefix_range_end(backups.encode())) == 0]
-    success = [tx.delete(key), tx.put(st.key(ds.k.todo + sid), dumps({"a": uncounted, "e": error}))]
-    if att_meta is not None:
-        compare.append(tx.mod(st.key(ds.k.attempts + sid)) == att_meta.mod_revision)
-        success.append(tx.put(st.key(ds.k.attempts + sid), dumps(dict(attempts, a=uncounted))))
-    ok, _ = st.txn(f"give back slice {sid}", compare, success)
-    return bool(ok)
 
 
 def watchdog(grace: float) -> None:

@@ -31,13 +31,13 @@ import grpc
 
 from aimaster.data import keys
 from aimaster.data.store import Store
+from aimaster.settings import JobSettings
 
 if TYPE_CHECKING:
     from aimaster.data.coordinator import Claim
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TTL = int(os.environ.get("AIMASTER_LEASE_TTL", "10"))
 RECENT = 8  # slice durations kept per worker for the control plane's robust statistics
 BEAT_EVERY = 1.0  # at most one stand-alone heartbeat write per second (claims and commits carry one anyway)
 T = TypeVar("T")
@@ -52,17 +52,25 @@ def lease_not_found(error: BaseException) -> bool:
 class WorkerSession:
     """One per process (see :func:`aimaster.data.runtime.current_session`)."""
 
-    def __init__(self, store: Store, worker_id: str, ttl: int = DEFAULT_TTL, register: bool = True):
+    def __init__(self, store: Store, worker_id: str, ttl: Optional[int] = None, register: bool = True,
+                 settings: Optional[JobSettings] = None):
+        # The job's settings as this process was launched with them (its environment), read once,
+        # at start-up: a bad value fails here, never later in a signal handler (preemption).
+        self.settings = settings if settings is not None else JobSettings.from_env()
         self.store = store
         self.worker_id = worker_id
-        self.ttl = max(2, int(ttl))
+        self.ttl = max(2, int(ttl if ttl is not None else self.settings.lease_ttl))
         self.pid = os.getpid()
         self.host = socket.gethostname()
         self.started = time.time()
-        self._register = register
-        self._lock = threading.RLock()
+        self.registered = register  # False: a reader child or a tool, with no registration nor heartbeat
+        # The session's one lock, re-entrant: it guards the lease (renewed by the keep-alive thread or
+        # by whichever thread met it expired) and the attempts held (tracked from the DataLoader
+        # prefetch thread, the background committer, the heartbeat), and the frameworks layer holds it
+        # across a claim or a commit (aimaster.frameworks.claims.session_lock).
+        self.lock = threading.RLock()
         self._closed = threading.Event()
-        self._on_new_lease: List[Callable[[], None]] = []
+        self._on_new_lease: List[Callable[[], None]] = []  # run after a lease is replaced (join_setup)
         self.lease = None
         self.lease_generation = 0
         # Counters published with each commit (stats/<worker>) for status, throughput and the report.
@@ -75,6 +83,7 @@ class WorkerSession:
         self.copies_won = 0
         self.copies_lost = 0
         self.primaries_lost = 0
+        self.last_commit_latency: Optional[float] = None  # seconds the previous commit took (histograms)
         self.standalone = False
         # Attempts this process holds, by (dataset, slice, attempt): handed back if the program dies
         # of an exception, and listed in the heartbeat so the master knows what a dead worker had.
@@ -98,10 +107,10 @@ class WorkerSession:
 
     # A fresh lease after expiry; registration follows it so the master sees us again.
     def _new_lease(self) -> None:
-        with self._lock:
+        with self.lock:
             self.lease = self.store.grant_lease(self.ttl)
             self.lease_generation += 1
-            if self._register:
+            if self.registered:
                 record: Dict[str, Any] = {"host": self.host, "pid": self.pid, "started": self.started,
                                           "ttl": self.ttl, "lease": self.lease.id}
                 if self.slot is not None:
@@ -112,7 +121,7 @@ class WorkerSession:
 
     def renew_lease(self, generation: int) -> None:
         """Replace the lease, unless another thread already did since ``generation``."""
-        with self._lock:
+        with self.lock:
             if self.preempted is not None:
                 # Leaving on SIGTERM, slices given back: a new lease would let this process claim
                 # or commit again. The thread that wanted one ends instead.
@@ -139,6 +148,8 @@ class WorkerSession:
         return fn(self.lease)
 
     def on_new_lease(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` whenever the lease is replaced: keys bound to the old one are gone (an
+        ``aimaster join`` supervisor announces itself again)."""
         self._on_new_lease.append(callback)
 
     def _keepalive(self) -> None:
@@ -153,14 +164,12 @@ class WorkerSession:
                 log.warning("aimaster: lease keep-alive failed (%s); retrying", e)
 
     # ------------------------------------------------------------------ what the master sees
-    # Claims are tracked from several threads (DataLoader prefetch, the background committer,
-    # the keep-alive thread's heartbeat), so every access holds the session lock.
     def track(self, claim: Claim) -> None:
-        with self._lock:
+        with self.lock:
             self.claims[(claim.dataset.ds_id, claim.slice_id, claim.attempt)] = claim
 
     def untrack(self, claim: Claim) -> None:
-        with self._lock:
+        with self.lock:
             self.claims.pop((claim.dataset.ds_id, claim.slice_id, claim.attempt), None)
 
     def beat_value(self, state: Optional[str] = None, also: Sequence[str] = ()) -> Dict[str, Any]:
@@ -168,7 +177,7 @@ class WorkerSession:
         if state is not None:
             self.state = state
         self._last_beat = time.monotonic()
-        with self._lock:
+        with self.lock:
             held = sorted({f"{ds}/{sid}" for ds, sid, _ in self.claims} | set(also))
         return {"t": time.time(), "state": self.state, "held": held, "slices": self.slices_committed}
 
@@ -179,7 +188,7 @@ class WorkerSession:
         changed = state is not None and state != self.state
         if not (force or changed) and time.monotonic() - self._last_beat < BEAT_EVERY:
             return
-        if self._register:
+        if self.registered:
             value = self.beat_value(state)
             self.leased(lambda lease: self.store.put(keys.beat(self.worker_id), value, lease=lease))
 

@@ -11,33 +11,15 @@ than the median slice duration of the job (pooled over every worker's recent dur
 workers publish with their commits). Until a few slices have committed there is no median and the
 oldest slice is copied outright: with nothing else to do, a duplicate costs only idle capacity.
 
-Pure functions over plain data, so the policy is tested without etcd.
+Pure functions over plain data, so the policy is tested without etcd. Whether to copy at all, the
+multiplier and the copies per slice are job settings (:class:`aimaster.settings.JobSettings`).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 MIN_SAMPLES = 3
-
-
-def enabled() -> bool:
-    return os.environ.get("AIMASTER_SPECULATION", "1") not in ("0", "false", "no", "")
-
-
-def multiplier() -> float:
-    try:
-        return max(0.0, float(os.environ.get("AIMASTER_SPECULATION_MULTIPLIER", "1.5")))
-    except ValueError:
-        return 1.5
-
-
-def max_copies() -> int:
-    try:
-        return max(0, int(os.environ.get("AIMASTER_MAX_SLICE_COPIES", "1")))
-    except ValueError:
-        return 1
 
 
 def median(values: Sequence[float]) -> Optional[float]:

@@ -7,11 +7,13 @@ Every other module goes through :class:`Store`, so that
 * a transient etcd failure (a restart, a leader election, a dropped connection) is retried with
   backoff for ``retry_seconds`` instead of killing the worker, a failure mode torchelastic is known
   for; only then does it become :class:`~aimaster.errors.EtcdUnavailableError`;
-* jobs are isolated by key prefix.
+* jobs are isolated by key prefix: callers name keys relative to it, transactions included
+  (:class:`Compare`, :class:`Op`), and never hold the etcd client or build its operations.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -24,6 +26,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Typ
 import grpc
 import pyetcd
 import pyetcd.exceptions as etcd_exc
+import pyetcd.transactions as etcd_txn
 from pyetcd.client import Endpoint, MultiEndpointEtcd3Client
 
 from aimaster.errors import ConfigError, CredentialsError, EtcdDataError, EtcdUnavailableError
@@ -172,6 +175,166 @@ def loads(raw: bytes, key: str, expect: type = dict) -> Any:
     return value
 
 
+# -- transactions on relative keys -----------------------------------------------------------------
+# Callers describe a transaction with :class:`Compare` and :class:`Op` on keys relative to the job
+# prefix; :meth:`Store.txn` alone turns them into pyetcd requests. So no module outside this one
+# builds pyetcd objects, writes the job prefix into a key, or serialises a value differently from
+# :meth:`Store.put`.
+
+_OPERATORS = {"==": "__eq__", "!=": "__ne__", "<": "__lt__", ">": "__gt__"}
+
+
+def _encoded(value: Any) -> Any:
+    """What a value is on the wire: text and bytes as given (already JSON, or a raw value read back),
+    anything else through :func:`dumps`, exactly as :meth:`Store.put` would write it."""
+    return value if isinstance(value, (str, bytes)) else dumps(value)
+
+
+def _relative(rel: Any, who: str) -> str:
+    """Refuse what is not a relative key: an absolute one would be prefixed twice and silently miss."""
+    if not isinstance(rel, str) or not rel:
+        raise TypeError(f"{who} takes a key relative to the job prefix (a non-empty str), got {rel!r:.80}")
+    if rel.startswith("/"):
+        raise TypeError(f"{who} got the absolute key {rel!r:.80}: pass it relative to the job prefix")
+    return rel
+
+
+class Compare:
+    """One comparison of a transaction, on a relative key, completed with ``==``, ``!=``, ``<``, ``>``::
+
+        Compare.mod(rel) == revision        Compare.version(rel) == 0      (0: the key does not exist)
+        Compare.create(rel) == revision     Compare.value(rel) == value    (str/bytes as is, else dumps)
+        Compare.prefix_version(rel) == 0    (0: no key under the prefix ``rel``)
+
+    The operand is checked when the comparison is written, so a wrong type fails at the line that
+    wrote it (a :class:`TypeError`), not as an opaque gRPC error inside a retry loop.
+    """
+
+    __slots__ = ("target", "rel", "whole_prefix", "op", "operand")
+    __hash__ = None  # == builds a comparison; it does not compare two of them
+
+    def __init__(self, target: str, rel: str, whole_prefix: bool = False):
+        self.target = target
+        self.rel = _relative(rel, f"Compare.{target}")
+        self.whole_prefix = whole_prefix
+        self.op: Optional[str] = None
+        self.operand: Any = None
+
+    @classmethod
+    def mod(cls, rel: str) -> Compare:
+        """The key's last modification revision (0: it does not exist)."""
+        return cls("mod", rel)
+
+    @classmethod
+    def version(cls, rel: str) -> Compare:
+        """How many times the key was written since it was created (0: it does not exist)."""
+        return cls("version", rel)
+
+    @classmethod
+    def create(cls, rel: str) -> Compare:
+        """The revision that created the key (0: it does not exist)."""
+        return cls("create", rel)
+
+    @classmethod
+    def value(cls, rel: str) -> Compare:
+        """The key's value, as :meth:`Store.put` writes it."""
+        return cls("value", rel)
+
+    @classmethod
+    def prefix_version(cls, rel: str) -> Compare:
+        """Version over every key under the prefix ``rel``: ``== 0`` means there is none (etcd compares
+        each key of the range; a missing key has version 0)."""
+        return cls("version", rel, whole_prefix=True)
+
+    def _complete(self, op: str, operand: Any) -> Compare:
+        if self.op is not None:
+            raise TypeError(f"{self!r} is already complete; write one comparison per Compare")
+        if self.target == "value":
+            operand = _encoded(operand)
+        elif isinstance(operand, bool) or not isinstance(operand, int):
+            raise TypeError(f"{self!r} compares with an int revision or version, "
+                            f"got {type(operand).__name__} {operand!r:.80}")
+        self.op, self.operand = op, operand
+        return self
+
+    def __eq__(self, operand: Any) -> Compare:  # type: ignore[override]
+        return self._complete("==", operand)
+
+    def __ne__(self, operand: Any) -> Compare:  # type: ignore[override]
+        return self._complete("!=", operand)
+
+    def __lt__(self, operand: Any) -> Compare:
+        return self._complete("<", operand)
+
+    def __gt__(self, operand: Any) -> Compare:
+        return self._complete(">", operand)
+
+    def __repr__(self) -> str:
+        name = "prefix_version" if self.whole_prefix else self.target
+        tail = f" {self.op} {self.operand!r:.80}" if self.op else ""
+        return f"Compare.{name}({self.rel!r}){tail}"
+
+    def _build(self, store: Store):
+        if self.op is None:
+            raise TypeError(f"{self!r} has no comparison: write e.g. {self!r} == 0")
+        key = store.key(self.rel)
+        range_end = pyetcd.utils.prefix_range_end(pyetcd.utils.to_bytes(key)) if self.whole_prefix else None
+        kind = {"mod": etcd_txn.Mod, "version": etcd_txn.Version, "create": etcd_txn.Create,
+                "value": etcd_txn.Value}[self.target]
+        return getattr(kind(key, range_end=range_end), _OPERATORS[self.op])(self.operand)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of a transaction, on a relative key: ``Op.put(rel, value, lease=None)``,
+    ``Op.delete(rel)``, ``Op.delete_prefix(rel)``, ``Op.get(rel)``. A put's value is written as
+    :meth:`Store.put` writes it (str/bytes as is, anything else through :func:`dumps`)."""
+
+    kind: str
+    rel: str
+    value: Any = None
+    lease: Any = None
+
+    @classmethod
+    def put(cls, rel: str, value: Any, lease=None) -> Op:
+        return cls("put", _relative(rel, "Op.put"), _encoded(value), lease)
+
+    @classmethod
+    def delete(cls, rel: str) -> Op:
+        return cls("delete", _relative(rel, "Op.delete"))
+
+    @classmethod
+    def delete_prefix(cls, rel: str) -> Op:
+        return cls("delete_prefix", _relative(rel, "Op.delete_prefix"))
+
+    @classmethod
+    def get(cls, rel: str) -> Op:
+        """Read the key; its response is pyetcd's ``[(raw value, metadata)]`` (empty: no such key)."""
+        return cls("get", _relative(rel, "Op.get"))
+
+    @classmethod
+    def txn(cls, compare: Sequence[Compare], success: Sequence[Op] = (), failure: Sequence[Op] = ()) -> Op:
+        """A transaction nested in this branch, decided by its own ``compare`` (a claim of the next slice
+        riding inside a commit: the commit applies even when that claim does not). Its response is
+        etcd's ``TxnResponse`` message (``.response_txn.succeeded``)."""
+        return cls("txn", "", (tuple(compare), tuple(success), tuple(failure)))
+
+    def _build(self, store: Store, what: str):
+        key = store.key(self.rel)
+        if self.kind == "put":
+            return etcd_txn.Put(key, self.value, lease=self.lease)
+        if self.kind == "delete":
+            return etcd_txn.Delete(key)
+        if self.kind == "txn":
+            compare, success, failure = self.value
+            return etcd_txn.Txn([store._compare_request(what, c) for c in compare],
+                                [store._op_request(what, o) for o in success],
+                                [store._op_request(what, o) for o in failure])
+        if self.kind == "delete_prefix":
+            return etcd_txn.Delete(key, range_end=pyetcd.utils.prefix_range_end(pyetcd.utils.to_bytes(key)))
+        return etcd_txn.Get(key)
+
+
 class Store:
     """A job-scoped, retrying, JSON-only view of etcd.
 
@@ -202,14 +365,20 @@ class Store:
 
     @property
     def client(self) -> MultiEndpointEtcd3Client:
+        """The raw pyetcd client, for tests that forge keys. The code uses this class's named methods
+        (add one here for what a caller needs) and :class:`Compare`/:class:`Op` transactions."""
         return self._client
 
-    @property
-    def tx(self):
-        return self._client.transactions
-
     def key(self, rel: str) -> str:
+        """The absolute key of ``rel``: for naming it in a message. Operations take ``rel`` itself."""
         return self.prefix + rel
+
+    def with_prefix(self, prefix: str) -> Store:
+        """The same connection, keys relative to another prefix: for what lives outside the job's
+        (the etcd-wide job index). Closing either closes the connection of both."""
+        other = copy.copy(self)
+        other.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        return other
 
     def close(self) -> None:
         try:
@@ -259,6 +428,12 @@ class Store:
         if raw is None:
             return None, None
         return loads(raw, k, expect), meta
+
+    def get_raw(self, rel: str) -> Tuple[Optional[bytes], Optional[Any]]:
+        """(raw bytes or None, metadata or None): for a caller that judges the value itself (a record
+        that may be garbage, or only its revision matters). Decode with :func:`loads`."""
+        k = self.key(rel)
+        return self.call(f"get {k}", lambda c: c.get(k))
 
     def get_value(self, rel: str, expect: type = dict) -> Any:
         return self.get(rel, expect)[0]
@@ -311,6 +486,25 @@ class Store:
             out.append((key[n:], loads(raw, key, expect), meta))
         return out
 
+    def raw_between(self, start_rel: str, end_rel: str, limit: int) -> List[Tuple[str, bytes, Any]]:
+        """[(relative key, raw bytes, metadata)] over ``[start_rel, end_rel)``, at most ``limit``, by key:
+        for a caller that judges each value itself, so one bad value spoils no other."""
+        start, end = self.key(start_rel), self.key(end_rel)
+        items = self.call(f"range {start}", lambda c: list(c.get_range(start, end, limit=limit, sort_order="ascend",
+                                                                       sort_target="key")))
+        return self._relative_items(items)
+
+    def changed_since(self, rel: str, revision: int) -> List[Tuple[str, bytes, Any]]:
+        """[(relative key, raw bytes, metadata)] of the keys under ``rel`` written after ``revision``
+        (0: every key): reading only what is new keeps a poll over a growing prefix cheap."""
+        k = self.key(rel)
+        kwargs = {"min_mod_revision": revision + 1} if revision else {}
+        return self._relative_items(self.call(f"range {k}", lambda c: list(c.get_prefix(k, **kwargs))))
+
+    def _relative_items(self, items) -> List[Tuple[str, bytes, Any]]:
+        n = len(self.prefix)
+        return [(meta.key.decode("utf-8", "replace")[n:], raw, meta) for raw, meta in items]
+
     def keys(self, rel: str) -> List[str]:
         n = len(self.prefix) + len(rel)
         return [k[n - len(self.prefix):] for k, _, _ in self.range(rel, keys_only=True)]
@@ -319,10 +513,35 @@ class Store:
         k = self.key(rel)
         return self.call(f"count {k}", lambda c: c.get_prefix_response(k, count_only=True).count)
 
+    def count_between(self, start_rel: str, end_rel: str) -> int:
+        """How many keys lie in ``[start_rel, end_rel)``, counted by etcd without sending them."""
+        start, end = self.key(start_rel), self.key(end_rel)
+        return self.call(f"count {start}", lambda c: c.get_range_response(start, end, count_only=True).count)
+
     def txn(self, what: str, compare: Sequence, success: Sequence = (), failure: Sequence = ()):
-        """Run a transaction (ops built with :attr:`tx` on *absolute* keys from :meth:`key`)."""
-        return self.call(what, lambda c: c.transaction(compare=list(compare), success=list(success),
-                                                       failure=list(failure)))
+        """Run a transaction: ``(succeeded, responses)``, retried like every call.
+
+        ``compare`` holds :class:`Compare`, ``success``/``failure`` hold :class:`Op`, all on keys relative
+        to this store's prefix; anything else (pyetcd's own objects on absolute keys included) is a
+        :class:`TypeError` naming ``what``. Everything is translated before the first attempt, so a bad
+        operand never reaches the retry loop.
+        """
+        compares = [self._compare_request(what, c) for c in compare]
+        on_success = [self._op_request(what, o) for o in success]
+        on_failure = [self._op_request(what, o) for o in failure]
+        return self.call(what, lambda c: c.transaction(compare=compares, success=on_success, failure=on_failure))
+
+    def _compare_request(self, what: str, compare: Any):
+        if isinstance(compare, Compare):
+            return compare._build(self)
+        raise TypeError(f"transaction {what!r}: {compare!r:.80} is not a Compare (write e.g. "
+                        f"Compare.version(rel) == 0)")
+
+    def _op_request(self, what: str, op: Any):
+        if isinstance(op, Op):
+            return op._build(self, what)
+        raise TypeError(f"transaction {what!r}: {op!r:.80} is not an Op (Op.put, Op.delete, Op.delete_prefix, "
+                        f"Op.get)")
 
     def iter_prefix_chunks(self, rel: str, page: int = 1000) -> Iterator[Tuple[str, bytes, Any]]:
         """Walk a large prefix in pages, so a million keys never sit in one gRPC response."""
@@ -350,8 +569,10 @@ class Store:
         return responses[0].TTL if responses else 0
 
     def revoke_lease(self, lease) -> None:
+        """Revoke a lease, ours (a lease object) or one read from a record (its id), ignoring failure."""
+        lease_id = lease if isinstance(lease, int) else lease.id
         try:
-            self._client.revoke_lease(lease.id)
+            self._client.revoke_lease(lease_id)
         except Exception:  # an expired lease or an etcd that is going away: the TTL releases it anyway
             pass
 

@@ -12,6 +12,7 @@ from click.core import ParameterSource
 from aimaster.data import keys
 from aimaster.engines import k8s_manifests as manifests
 from aimaster.engines import slurm_script
+from aimaster.job_ids import new_job_id
 
 _COMMAND = {"allow_interspersed_args": False}
 
@@ -276,13 +277,11 @@ def _slurm_script_command(run: click.Command) -> click.Command:
 
         Any option of aimaster run may be given too; it goes on the script's aimaster run line.
         """
-        from aimaster.cli import _new_job_id
-
         for text, what in ((nodes, "--nodes"), (time, "--time"), (partition, "--partition"),
                            (account, "--account"), (output, "--output")):
             if text is not None and (not text.strip() or any(c.isspace() for c in text)):
                 raise click.BadParameter(f"{text!r} has spaces or is empty", param_hint=what)
-        job_id = keys.check_name("job id", job_id) if job_id else _new_job_id()
+        job_id = keys.check_name("job id", job_id) if job_id else new_job_id()
         sbatch = slurm_script.Sbatch(job_id=job_id, tasks=workers, nodes=nodes, cpus_per_task=cpus_per_worker,
                                      gpus_per_task=gpus_per_worker, time=time, partition=partition,
                                      account=account, output=output, signal_seconds=signal_seconds)

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from aimaster.data.runtime import USER_ERROR_EXIT
 from aimaster.engines.k8s_tls import BUNDLE_FILE, MASTER_FILES, JobTls, service_names
-from aimaster.master.ending import EXIT_CODES, FAILED, STOPPED
+from aimaster.master.job_state import EXIT_CODES, JobState
 
 STATE_DIR = "/var/lib/aimaster"
 MASTER_TLS_DIR = "/etc/aimaster/master-tls"
@@ -220,7 +220,8 @@ def master_job(job: K8sJob) -> Dict[str, Any]:
     # user stopped. Both are final. A disrupted master pod is replaced and resumes from the volume.
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(job, names["master"], "master"),
             "spec": {"parallelism": 1, "completions": 1, "backoffLimit": job.master_retries,
-                     "podFailurePolicy": _failure_policy("master", [EXIT_CODES[FAILED], EXIT_CODES[STOPPED]]),
+                     "podFailurePolicy": _failure_policy(
+                         "master", [EXIT_CODES[JobState.FAILED], EXIT_CODES[JobState.STOPPED]]),
                      "template": pod}}
 
 
@@ -254,7 +255,7 @@ def workers_job(job: K8sJob) -> Dict[str, Any]:
                      "backoffLimitPerIndex": job.retries_per_worker,
                      # A replacement starts once the old pod is gone (its slices given back), not before.
                      "podReplacementPolicy": "Failed",
-                     "podFailurePolicy": _failure_policy("worker", [EXIT_CODES[FAILED], USER_ERROR_EXIT]),
+                     "podFailurePolicy": _failure_policy("worker", [EXIT_CODES[JobState.FAILED], USER_ERROR_EXIT]),
                      "template": pod}}
 
 

@@ -18,7 +18,7 @@ from aimaster.master.state_dir import JobStateDir
 
 def not_ready(state_root: str, job_id: str, probe_seconds: float = 3.0) -> Optional[str]:
     """Why the master of ``job_id`` is not ready yet, or None when it is."""
-    from aimaster.master.master import connect
+    from aimaster.data.connect import connect
 
     state = JobStateDir(state_root, job_id)
     endpoint = state.running_etcd()

@@ -20,11 +20,10 @@ import multiprocessing.util
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from aimaster.data.coordinator import Claim, Dataset
 from aimaster.data.session import WorkerSession
-from aimaster.data.store import dumps
 
 log = logging.getLogger(__name__)
 
@@ -102,18 +101,12 @@ def reading_dataset(spec: SliceSpec) -> Dataset:
     return dataset
 
 
-_session_locks: Dict[int, threading.RLock] = {}
-
-
 def session_lock(session: WorkerSession) -> threading.RLock:
-    """Serializes what this package does with one session across threads.
-
-    A reader's prefetch thread may claim (adding to the session's held attempts) while the consumer
-    commits or beats (reading them) with the same session: the main process with
-    ``num_workers=0``, TensorFlow's generator thread. The session's bookkeeping is not thread-safe.
-    """
-    with _lock:
-        return _session_locks.setdefault(id(session), threading.RLock())
+    """The one lock of a session (``WorkerSession.lock``), which this package holds across a claim or
+    a commit: a reader's prefetch thread may claim while the consumer commits or beats with the same
+    session (the main process with ``num_workers=0``, TensorFlow's generator thread), and a
+    dataset's candidate list and claimed-ahead slice are not safe to share between threads."""
+    return session.lock
 
 
 def remember(claim: Claim) -> None:
@@ -139,12 +132,10 @@ def local_claim(ds_id: str, slice_id: str, attempt: Optional[str] = None) -> Opt
 def adopt(dataset: Dataset, slice_id: str, token: str, units: int) -> Tuple[Claim, bool]:
     """The consumer's claim on a slice a reader claimed; True if the claim key is now bound to us.
 
-    The key is re-put under our lease only if it still holds the reader's attempt (compared by
-    modification revision), so an attempt that already lost its claim (its reader died long ago and
-    the slice went to somebody else) never steals the newer one. Such an attempt cannot commit: the
-    commit transaction compares the attempt's claim record (``claim.record``), and a lost claim's
-    can never match, so its output is discarded. Where the adoption itself failed (etcd away), the
-    claim stays the reader's and commits only while the reader's claim lives.
+    A reader in this very process hands its claim over as is; otherwise the claim key is re-bound to
+    our lease by :meth:`Dataset.adopt`, only while it still holds the reader's attempt. An attempt that
+    already lost its claim cannot commit (its output is discarded); where the adoption itself failed
+    (etcd away), the claim stays the reader's and commits only while the reader's claim lives.
     """
     number, attempt = parse_token(token)
     local = local_claim(dataset.ds_id, slice_id, attempt)
@@ -152,36 +143,6 @@ def adopt(dataset: Dataset, slice_id: str, token: str, units: int) -> Tuple[Clai
         forget(local)
         local.items = units
         return local, True
-    session = dataset.session
-    claim = Claim(dataset=dataset, slice_id=slice_id, index=dataset.slice_index(slice_id), attempt=attempt,
-                  attempt_no=number, lease_generation=session.lease_generation)
+    claim, ok = dataset.adopt(slice_id, attempt, number)
     claim.items = units
-    st, tx = dataset.store, dataset.store.tx
-    rel = dataset.k.claim + slice_id
-    value, meta = st.get(rel)
-    if value is None or value.get("at") != attempt:
-        log.warning("aimaster: slice %s reached the consumer after its claim was lost; its output will not be "
-                    "committed", slice_id)
-        claim.record = {"lost": attempt}  # matches no claim key: the commit fails, the output is dropped
-        return claim, False
-    record: Dict[str, Any] = dict(value, w=session.worker_id, via=value.get("w"))
-    key = st.key(rel)
-
-    def txn(lease):
-        return st.txn(f"adopt slice {slice_id}", [tx.mod(key) == meta.mod_revision],
-                      [tx.put(key, dumps(record), lease=lease)])
-
-    try:
-        leased = getattr(session, "leased", None)
-        ok, _ = leased(txn) if callable(leased) else txn(session.lease)
-    except Exception as e:  # noqa: BLE001 - adoption only shortens the at-least-once window
-        log.warning("aimaster: could not adopt the claim of slice %s (%s); it stays with its reader", slice_id, e)
-        ok = False
-    if not ok:
-        claim.record = value  # still the reader's: committed only while the reader's claim lives
-    if ok:
-        claim.record = record  # release() deletes the claim key only while it holds exactly this
-        track = getattr(session, "track", None)
-        if callable(track):
-            track(claim)
-    return claim, bool(ok)
+    return claim, ok

@@ -18,9 +18,9 @@ import queue
 import threading
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
+import aimaster.frameworks.claims as claims_module
 from aimaster.data.coordinator import Claim, Dataset
 from aimaster.errors import ConfigError
-from aimaster.frameworks import claims as claims_module
 from aimaster.frameworks.claims import SliceSpec
 
 log = logging.getLogger(__name__)

@@ -29,9 +29,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+import aimaster.frameworks.claims as claims_module
 from aimaster.data.coordinator import Claim
 from aimaster.errors import ConfigError
-from aimaster.frameworks import claims as claims_module
 from aimaster.frameworks.bindings import Binding
 from aimaster.frameworks.tags import Tag, tags_of
 
@@ -317,17 +317,11 @@ def item_sizes(n_rows: int, units: Sequence[int], slice_ids: Sequence[str]) -> L
 
 
 def binding_for(client, filter_value: Any = None) -> Binding:
-    from aimaster.frameworks.bindings import FileBinding, TableBinding
-    from aimaster.inference.posix import PosixFileClient
-    from aimaster.inference.table import MaxComputeTableClient
-
-    if isinstance(client, PosixFileClient):
-        if filter_value is not None:
-            raise ConfigError("filter_value applies to table outputs only")
-        return FileBinding(client)
-    if isinstance(client, MaxComputeTableClient):
-        return TableBinding(client, filter_value)
-    raise ConfigError(f"expected a PosixFileClient or MaxComputeTableClient, got {type(client).__name__}")
+    """The client's own binding (see :mod:`aimaster.frameworks.bindings`): this layer knows no client class."""
+    make = getattr(client, "framework_binding", None)
+    if not callable(make):
+        raise ConfigError(f"expected a PosixFileClient or MaxComputeTableClient, got {type(client).__name__}")
+    return make(filter_value)
 
 
 def track(client, batches: Iterable, on_slice_done: Optional[Callable[[str], None]] = None,

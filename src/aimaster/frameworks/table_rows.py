@@ -57,11 +57,6 @@ def resolve_columns(url: str, selected_cols: Any, excluded_cols: Any) -> List[st
     return source.column_names(selected or None)
 
 
-def column_types(url: str, columns: Sequence[str]) -> List[str]:
-    types = {c.name: c.type for c in source_for(url).schema}
-    return [types[name] for name in columns]
-
-
 def read_batches(url: str, start: int, end: int, columns: Sequence[str], batch_size: int) -> List[List[tuple]]:
     """Rows ``[start, end)`` in lists of ``batch_size`` row tuples (the last may be shorter)."""
     rows: List[tuple] = []

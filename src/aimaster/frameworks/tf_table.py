@@ -4,8 +4,8 @@
   ``(dataset, table_path_placeholder)`` like PAI's ``TableRecordDataset``. Feed a path from
   ``get_next_slice()`` to the placeholder when running ``iterator.initializer``; the dataset yields
   that slice's rows as tuples of scalar tensors typed by ``record_defaults``. The dataset is a
-  ``tf.compat.v1.data.Dataset``, so the seed's ``dataset.batch(128).make_initializable_iterator()``
-  works unchanged. ``get_next_slice()`` / ``writer.close()`` commit, as in the seed.
+  ``tf.compat.v1.data.Dataset``, so PAI ElasticBatch's ``dataset.batch(128).make_initializable_iterator()``
+  works unchanged. ``get_next_slice()`` / ``writer.close()`` commit, as in PAI ElasticBatch.
 * **Eager mode** (TF2): returns a ``tf.data.Dataset`` over every slice of the job, claimed lazily
   as the pipeline pulls rows; elements are ``(values, slice_id)`` with ``values`` the same tuple.
   Keep ``slice_id`` as the last component through ``.map``; consume with
@@ -23,8 +23,8 @@ from typing import Any, Iterator, List, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from aimaster.errors import ConfigError, SchemaError
-from aimaster.frameworks import table_rows
+import aimaster.frameworks.table_rows as table_rows
+from aimaster.errors import SchemaError
 from aimaster.frameworks.claims import spec_of
 from aimaster.frameworks.feed import SliceFeed, check_prefetch
 from aimaster.frameworks.tf_types import ColumnDefault, parse_record_defaults, to_columns
@@ -102,22 +102,3 @@ def _job_dataset(client, names: List[str], defaults: Sequence[ColumnDefault], pr
 
     signature = (_signature(defaults), tf.TensorSpec([None], tf.string))
     return tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
-
-
-def slice_dataset(table_path: str, record_defaults, selected_cols=None, excluded_cols=None, num_threads=1,
-                  capacity=1024) -> tf.data.Dataset:
-    """Eager mode, one slice: a ``tf.data.Dataset`` of the rows of ``table_path`` (from
-    ``get_next_slice()``), for TF2 code that keeps the seed's slice-by-slice loop."""
-    if not isinstance(table_path, str) or not table_path:
-        raise ConfigError(f"table_path must be a table URL from get_next_slice(), got {table_path!r}")
-    from aimaster.io.tables import parse_table_url
-
-    defaults = parse_record_defaults(record_defaults)
-    url = parse_table_url(table_path)[0]
-    names = table_rows.resolve_columns(url, selected_cols, excluded_cols)
-    if len(names) != len(defaults):
-        raise SchemaError(f"record_defaults has {len(defaults)} entries but {len(names)} columns are read from {url}")
-    table_rows.optional_int(num_threads, "num_threads")
-    capacity = table_rows.optional_int(capacity, "capacity")
-    return _buffered(tf.data.Dataset.from_generator(lambda: slice_columns(table_path, names, defaults),
-                                                    output_signature=_signature(defaults)).unbatch(), capacity)

@@ -3,10 +3,10 @@
 Each item is what ``common_io``'s ``TableReader.read(batch_size)`` returns -- a list of row tuples,
 STRING values as ``bytes`` -- after ``transform_fn``. Two modes:
 
-* ``table_path`` given (the seed's style: ``get_next_slice()`` then a ``DataLoader`` per slice): the
+* ``table_path`` given (PAI ElasticBatch's style: ``get_next_slice()`` then a ``DataLoader`` per slice): the
   dataset reads that row range; under a ``DataLoader`` with workers each worker reads a contiguous
   part of it (``common_io``'s ``slice_id``/``slice_count`` split), so no row is read twice. The main
-  process holds the slice; ``get_next_slice()`` / ``writer.close()`` commit it, as in the seed.
+  process holds the slice; ``get_next_slice()`` / ``writer.close()`` commit it, as in PAI ElasticBatch.
 * ``table_path=None``: the dataset walks every slice of the job; each reading process claims whole
   slices lazily (:mod:`aimaster.frameworks.feed`). Consume it through ``dataset.track(loader)``,
   which commits each slice once its rows were consumed and its output rows written with
@@ -23,8 +23,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import torch.utils.data
 from torch.utils.data._utils.collate import default_collate, default_collate_fn_map
 
+import aimaster.frameworks.table_rows as table_rows
 from aimaster.errors import ConfigError
-from aimaster.frameworks import table_rows
 from aimaster.frameworks.claims import spec_of, token_of
 from aimaster.frameworks.feed import SliceFeed, check_prefetch
 from aimaster.frameworks.stream import SliceStream, binding_for
@@ -105,7 +105,7 @@ class TableSliceDataset(torch.utils.data.IterableDataset):
             return self._one_slice()
         return self._all_slices()
 
-    # ------------------------------------------------------------------ table_path: the seed's mode
+    # ------------------------------------------------------------------ table_path: slice by slice
     def _one_slice(self) -> Iterator[Any]:
         from common_io.exception import OutOfRangeException
         from common_io.table import TableReader

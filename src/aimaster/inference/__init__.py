@@ -1,4 +1,4 @@
-"""The seed's SDK: ``from aimaster import inference as elastic_inference``."""
+"""PAI ElasticBatch's SDK: ``from aimaster import inference as elastic_inference`` (see docs/api.md)."""
 
 from aimaster.data.runtime import install_excepthook
 from aimaster.inference.posix import PosixFileClient, PosixFileConfig

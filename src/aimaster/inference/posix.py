@@ -1,16 +1,18 @@
-"""``PosixFileConfig`` / ``PosixFileClient``: the seed's file API over etcd-coordinated slices."""
+"""``PosixFileConfig`` / ``PosixFileClient``: PAI ElasticBatch's file API over etcd-coordinated slices."""
 
 from __future__ import annotations
 
 import atexit
 import logging
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from aimaster.data.coordinator import Claim, Dataset, PlanData
 from aimaster.data.handoff import give_back_unstarted
+from aimaster.data.outputs import StagedRef
 from aimaster.data.runtime import current_session
 from aimaster.errors import ConfigError, EtcdDataError
+from aimaster.frameworks.bindings import Binding
 from aimaster.io import file_plan, files, input_check
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ class PosixFileConfig:
 
 
 class PosixFileClient:
-    """Hands out slices of files to this worker; see CONTRACT.md section 2 "POSIX files".
+    """Hands out slices of files to this worker; see docs/api.md, "POSIX files".
 
     :param config: the dataset (:class:`PosixFileConfig`). Every worker of a job constructing a
         client with the same input agrees on the same plan without talking; the first to arrive
@@ -78,7 +80,7 @@ class PosixFileClient:
         self._held: Dict[str, Claim] = {}
         self._current: Optional[str] = None
         self._open: Dict[str, List[files.StagedFile]] = {}
-        self._paths: Dict[str, List[Tuple[str, List[str]]]] = {}  # slice_output_path files, to fsync
+        self._paths: Dict[str, List[Tuple[str, StagedRef, List[str]]]] = {}  # slice_output_path files, to fsync
         self._framework: set = set()  # held slices a framework reader claimed (see _hold_claim)
         self._exit_hook = False
 
@@ -113,7 +115,7 @@ class PosixFileClient:
         job_id = self._session.store.prefix.rstrip("/").rsplit("/", 1)[-1]
         input_check.ensure_unchanged(self._session, ds.k.base, plan, job_id, list_now, planned_names)
 
-    # ------------------------------------------------------------------ the seed's API
+    # ------------------------------------------------------------------ PAI ElasticBatch's API
     def get_next_slice(self) -> List[str]:
         """Claim the next slice and return its file paths; raises OutOfRangeException when done.
 
@@ -151,8 +153,9 @@ class PosixFileClient:
             raise ConfigError(f"slice {sid!r} is not held by this worker (already committed, or never claimed)")
         for f in self._open.pop(sid, []):
             f.close()
-        for path, created in self._paths.pop(sid, []):
-            self._sink.sync_staged(path, created)  # written by a library: make it durable first
+        for path, ref, created in self._paths.pop(sid, []):
+            if not self._sink.sync_staged(path, created):  # written by a library: durable first
+                claim.outputs = [(sink, r) for sink, r in claim.outputs if r is not ref]  # never written
         # One transaction per slice: the commit of a slice from get_next_slice() also claims the
         # next free one, which the next get_next_slice() returns (one left unasked for is given back
         # at exit, see _give_back_unasked). Only when this worker holds no other slice: a program
@@ -202,7 +205,7 @@ class PosixFileClient:
         final = name if name is not None else f"{sid}{suffix}"
         path, ref, created = self._sink.stage_path(sid, claim.attempt, final)
         claim.add_output(self._sink, ref)
-        self._paths.setdefault(sid, []).append((path, created))
+        self._paths.setdefault(sid, []).append((path, ref, created))
         return path
 
     def release_slice(self, slice_id: Optional[str] = None, error: Optional[str] = None) -> None:
@@ -243,13 +246,60 @@ class PosixFileClient:
 
         return create_tf_dataset(self, prefetch_slices)
 
+    def framework_binding(self, filter_value: Any = None) -> Binding:
+        """How :func:`aimaster.frameworks.track` holds, writes and commits this client's slices."""
+        if filter_value is not None:
+            raise ConfigError("filter_value applies to table outputs only")
+        return FileBinding(self)
+
     def _hold_claim(self, claim: Claim) -> None:
-        """Hold a slice a framework reader claimed, so the seed's per-slice API applies to it."""
+        """Hold a slice a framework reader claimed, so the per-slice API (``open_slice_output``,
+        ``commit_slice``, ``release_slice``) applies to it."""
         if claim.slice_id in self._held:
             raise ConfigError(f"slice {claim.slice_id} is already held through get_next_slice(); do not mix "
                               "get_next_slice() with a framework dataset of the same client")
         self._held[claim.slice_id] = claim
         self._framework.add(claim.slice_id)
+
+
+class FileBinding(Binding):
+    """The frameworks' consumer side of a file client (:mod:`aimaster.frameworks.stream`).
+
+    Adopted claims are held by the client itself, so its own atomic output helper
+    (``open_slice_output(slice_id=...)``) and ``commit_slice(slice_id)`` work for them exactly as
+    for slices from ``get_next_slice()``.
+    """
+
+    def __init__(self, client: PosixFileClient):
+        self.client = client
+        self.dataset = client.dataset
+        self._files: Dict[tuple, Any] = {}
+
+    def hold(self, claim: Claim) -> None:
+        self.client._hold_claim(claim)
+
+    def output(self, claim: Claim, name: Optional[str], suffix: str, mode: str, **kwargs: Any):
+        key = (claim.slice_id, claim.attempt, name, suffix)
+        handle = self._files.get(key)
+        if handle is None or handle.closed:
+            handle = self.client.open_slice_output(name, mode=mode, slice_id=claim.slice_id, suffix=suffix,
+                                                   **kwargs)
+            self._files[key] = handle
+        return handle
+
+    def _drop(self, claim: Claim) -> None:
+        for key in [k for k in self._files if k[:2] == (claim.slice_id, claim.attempt)]:
+            del self._files[key]
+
+    def seal(self, claim: Claim) -> None:
+        self._drop(claim)
+
+    def commit(self, claim: Claim, sealed: Any = None) -> bool:
+        return self.client.commit_slice(claim.slice_id)  # closes (fsyncs) the slice's files first
+
+    def release(self, claim: Claim, error: Optional[str]) -> None:
+        self._drop(claim)
+        self.client.release_slice(claim.slice_id, error)
 
 
 def _give_back_unasked(dataset: Dataset) -> None:

@@ -20,18 +20,16 @@ import contextlib
 import json
 import os
 import posixpath
-import shutil
 import uuid
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from aimaster.data.outputs import OutputSink, StagedRef, register_sink
+from aimaster.data.outputs import OutputSink, StagedRef
 from aimaster.errors import ConfigError, EmptyInputError, EtcdDataError, InputNotFoundError, MetaFileError
 from aimaster.io import durable, listing, object_store
-
-STAGING_DIR = ".aimaster-staging"
+from aimaster.io.staging import STAGING_DIR, StagedOutputMissingError, Staging, component_ok
 
 
 def is_url(path: str) -> bool:
@@ -105,7 +103,7 @@ def _list_inputs(input_dir: str, fs: fsspec.AbstractFileSystem, root: str,
 
 
 def _field(meta: Mapping[str, Any], name: str) -> Any:
-    # The seed's own example spells it "FIleDir": accept any capitalisation of the documented keys.
+    # PAI ElasticBatch's own example spells it "FIleDir": accept any capitalisation of the documented keys.
     for key, value in meta.items():
         if isinstance(key, str) and key.lower() == name.lower():
             return value
@@ -180,18 +178,15 @@ def name_problem(name: str) -> Optional[str]:
     return None
 
 
-def _component_ok(part: str) -> bool:
-    return bool(part) and part not in (".", "..") and "/" not in part and "\0" not in part
-
-
-@register_sink
 class FileSink(OutputSink):
     """Per-slice output files in ``output_dir``, published by rename when their slice commits.
 
-    The refs it gets back from etcd (commit records) are checked against the one shape it writes,
-    ``{"staged": ".aimaster-staging/<slice>/<attempt>/<final>", "final": "<final>"}``: whoever can
-    write the job's keys must not be able to make publish rename, or discard delete, anything but
-    this sink's own staged files into this sink's own directory.
+    Staged files live at ``.aimaster-staging/<slice>/<attempt>/<final name>``; the rules (refs read
+    from etcd are checked, publishing is idempotent and never silent about a lost file, renames are
+    durable, cleanup removes the job's staging) are :mod:`aimaster.io.staging`'s, the same as the
+    table sinks'. The refs it gets back from etcd (commit records) are checked against the one shape
+    it writes, ``{"staged": ".aimaster-staging/<slice>/<attempt>/<final>", "final": "<final>"}``.
+    On an object store, publishing is a server-side copy (:mod:`aimaster.io.object_store`).
     """
 
     kind = "files"
@@ -201,6 +196,7 @@ class FileSink(OutputSink):
         self.fs, self.root = resolve(output_dir)
         self.local = isinstance(self.fs, LocalFileSystem)
         self.flat = not self.local and object_store.is_object_store(self.fs)  # keys, no dirs, no rename
+        self.staging = Staging(self.root, STAGING_DIR, owner=f"the file output in {output_dir}")
 
     def describe(self) -> Dict[str, Any]:
         return {"kind": self.kind, "dir": self.output_dir}
@@ -221,7 +217,7 @@ class FileSink(OutputSink):
     def stage_path(self, slice_id: str, attempt: str, name: str) -> Tuple[str, StagedRef, List[str]]:
         """(staged path, ref, directories created for it) of output ``name`` of an attempt."""
         self._path(name)  # validates the final name
-        if not (_component_ok(slice_id) and _component_ok(attempt)):
+        if not (component_ok(slice_id) and component_ok(attempt)):
             raise ConfigError(f"cannot stage output for slice {slice_id!r}, attempt {attempt!r}")
         staged = f"{STAGING_DIR}/{slice_id}/{attempt}/{name}"
         path = self.root + "/" + staged
@@ -235,84 +231,83 @@ class FileSink(OutputSink):
 
     def _ref(self, ref: Any, slice_id: Optional[str]) -> Tuple[str, str, str]:
         """(staged path, final path, attempt directory) of a ref, which may come from etcd."""
-        def bad(why: str) -> EtcdDataError:
-            return EtcdDataError(f"refusing output ref {ref!r:.200} (slice {slice_id}) of the file output in "
-                                 f"{self.output_dir}: {why}")
-
         if not isinstance(ref, Mapping):
-            raise bad("it is not an object")
+            raise self.staging.refuse(ref, slice_id, "it is not an object")
         staged, final = ref.get("staged"), ref.get("final")
         if not isinstance(staged, str) or not isinstance(final, str):
-            raise bad("'staged' and 'final' must be strings")
+            raise self.staging.refuse(ref, slice_id, "'staged' and 'final' must be strings")
         problem = name_problem(final)
         if problem is not None:
-            raise bad(f"its final name {problem}")
-        parts = staged.split("/")
-        if len(parts) < 4 or parts[0] != STAGING_DIR or not _component_ok(parts[1]) \
-                or not _component_ok(parts[2]) or "/".join(parts[3:]) != final \
-                or (slice_id is not None and parts[1] != slice_id):
-            raise bad(f"its staged path is not {STAGING_DIR}/{slice_id or '<slice>'}/<attempt>/<final name>")
-        return self.root + "/" + staged, self.root + "/" + final, self.root + "/" + "/".join(parts[:3])
+            raise self.staging.refuse(ref, slice_id, f"its final name {problem}")
+        parts = self.staging.entry_parts(ref, staged, slice_id,
+                                         lambda parts: len(parts) >= 3 and "/".join(parts[2:]) == final)
+        area = self.staging.path
+        return area + "/" + "/".join(parts), self.root + "/" + final, area + "/" + "/".join(parts[:2])
 
     def makedirs(self, directory: str) -> List[str]:
-        """Create a staging directory, racing other workers that prune empty ones (see _prune).
+        """Create a staging directory, racing other workers that prune empty ones.
 
         Returns the directories that did not exist (locally), whose entries the caller makes durable.
         """
         if self.flat:
             return []  # an object store has no directories: a key is made with its object
-        created = durable.missing_dirs(directory, self.root) if self.local else []
+        if self.local:
+            return self.staging.makedirs(directory)
         for attempt in range(10):
             try:
                 self.fs.makedirs(directory, exist_ok=True)
-                return created
+                return []
             except FileNotFoundError:  # a parent was pruned between two mkdir calls: try again
                 if attempt == 9:
                     raise
             except OSError as e:
                 raise durable.named(e, directory, "creating the output directory")
-        return created
+        return []
 
-    def sync_staged(self, path: str, created: List[str]) -> None:
-        """Make a staged file that a library wrote at ``path`` durable (see slice_output_path)."""
-        if self.local and durable.fsync_file(path):
-            durable.fsync_dir(posixpath.dirname(path))
-            durable.sync_created(created)
+    def sync_staged(self, path: str, created: List[str]) -> bool:
+        """Make a staged file that a library wrote at ``path`` durable (see slice_output_path).
+
+        False when the library wrote nothing there: that output is then not part of the commit (a
+        slice may have nothing to say), so publishing never meets a staged file that never was.
+        """
+        if not self.local:
+            return True
+        if not durable.fsync_file(path):
+            return False
+        durable.fsync_dir(posixpath.dirname(path))
+        durable.sync_created(created)
+        return True
 
     def publish(self, slice_id: str, staged: StagedRef) -> None:
+        """Publish a committed output; done already is fine, a staged file gone unpublished is an error."""
         src, dst, _ = self._ref(staged, slice_id)
         if self.flat:
             object_store.publish(self.fs, src, dst, display(self.fs, dst))
             return
-        if not self.fs.exists(src):
-            return  # already published (this is a repeat after a crash) or never written
-        parent = posixpath.dirname(dst)
+        if self.local:
+            self.staging.publish(slice_id, src, dst)  # the directory is fsynced before the prune below
+            self.staging.prune(posixpath.dirname(src))
+            return
         try:
-            if self.local:
-                created = durable.missing_dirs(parent, self.root)
-                os.makedirs(parent, exist_ok=True)
-                os.replace(src, dst)
-                # Durable before the staging directory is pruned: once it is gone, a rename undone
-                # by a power cut could not be redone.
-                durable.fsync_dir(parent)
-                durable.sync_created(created)
-            else:
-                self.fs.makedirs(parent, exist_ok=True)
-                self.fs.mv(src, dst)
+            if not self.fs.exists(src):
+                if self.fs.exists(dst):
+                    return  # published already: this is a repeat after a crash
+                raise StagedOutputMissingError(
+                    f"cannot publish slice {slice_id}: the committed output {display(self.fs, dst)} was never "
+                    f"published and its staged file {display(self.fs, src)} is gone: the slice's output is lost")
+            self.fs.makedirs(posixpath.dirname(dst), exist_ok=True)
+            self.fs.mv(src, dst)
+        except StagedOutputMissingError:
+            raise
         except OSError as e:
             raise durable.named(e, dst, f"publishing {src}")
-        self._prune(posixpath.dirname(src))
+        self._prune_remote(posixpath.dirname(src))
 
-    def _prune(self, directory: str) -> None:
-        """Remove now-empty staging directories up to the output directory."""
-        if self.flat:
-            return  # prefixes vanish with their last object
-        stop = self.root
-        while directory.startswith(stop + "/") and directory != stop:
+    def _prune_remote(self, directory: str) -> None:
+        """Remove now-empty staging directories of a file system with directories (not local)."""
+        while directory == self.staging.path or directory.startswith(self.staging.path + "/"):
             try:
-                if self.local:
-                    os.rmdir(directory)
-                elif self.fs.exists(directory) and not self.fs.ls(directory, detail=False):
+                if self.fs.exists(directory) and not self.fs.ls(directory, detail=False):
                     self.fs.rmdir(directory)
                 else:
                     return
@@ -322,35 +317,28 @@ class FileSink(OutputSink):
 
     def discard(self, staged: StagedRef) -> None:
         _, _, attempt_dir = self._ref(staged, None)
-        if self.flat:
-            try:
-                object_store.remove_prefix(self.fs, attempt_dir)
-            except OSError:
-                pass  # what is left is removed with the staging area when the job's outputs are final
-            return
         try:
-            if self.local:
-                shutil.rmtree(attempt_dir, ignore_errors=True)
-            elif self.fs.exists(attempt_dir):
-                self.fs.rm(attempt_dir, recursive=True)
-            self._prune(posixpath.dirname(attempt_dir))
+            if self.flat:
+                object_store.remove_prefix(self.fs, attempt_dir)
+            elif self.local:
+                self.staging.remove(attempt_dir)
+            else:
+                if self.fs.exists(attempt_dir):
+                    self.fs.rm(attempt_dir, recursive=True)
+                self._prune_remote(posixpath.dirname(attempt_dir))
         except OSError:
-            pass
+            pass  # what is left is removed with the slice's staging when the job's outputs are final
 
     def finalize(self, committed: Iterable[Tuple[str, StagedRef]]) -> None:
-        """Everything still staged after all committed files are published belongs to losers."""
-        staging = self.root + "/" + STAGING_DIR
-        if self.flat:
-            try:
-                object_store.remove_prefix(self.fs, staging)
-            except OSError:
-                pass
-            return
+        """Everything still staged once the committed files are published belongs to losers, crashed
+        or failed attempts: the staging area is this job's alone (see :meth:`Staging.cleanup`)."""
         try:
-            if self.local:
-                shutil.rmtree(staging, ignore_errors=True)
-            elif self.fs.exists(staging):
-                self.fs.rm(staging, recursive=True)
+            if self.flat:
+                object_store.remove_prefix(self.fs, self.staging.path)
+            elif self.local:
+                self.staging.cleanup()
+            elif self.fs.exists(self.staging.path):
+                self.fs.rm(self.staging.path, recursive=True)
         except OSError:
             pass
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from aimaster.data import keys
 from aimaster.data.session import WorkerSession
-from aimaster.data.store import dumps
+from aimaster.data.store import Compare, Op
 from aimaster.errors import EtcdDataError, JobError
 from aimaster.io import file_plan, listing
 
@@ -106,7 +106,7 @@ def ensure_unchanged(session: WorkerSession, ds_base: str, plan: Dict[str, Any],
     without one can use :func:`aimaster.io.file_plan.relist`). ``planned_names`` reads the plan's
     file list back, only when the input differs (to say how) or for a plan older than fingerprints.
     """
-    st, tx = session.store, session.store.tx
+    st = session.store
     lock_key = _keys(ds_base)[1]
     where = st.key(ds_base + "plan")
     while True:
@@ -117,8 +117,8 @@ def ensure_unchanged(session: WorkerSession, ds_base: str, plan: Dict[str, Any],
                 raise JobError(verdict["error"])
             return
         ok, _ = session.leased(lambda lease: st.txn(
-            "take input checker", [tx.version(st.key(lock_key)) == 0],
-            [tx.put(st.key(lock_key), dumps({"w": session.worker_id}), lease=lease)]))
+            "take input checker", [Compare.version(lock_key) == 0],
+            [Op.put(lock_key, {"w": session.worker_id}, lease=lease)]))
         if not ok:
             session.beat("waiting")  # another process of this run is listing; its lease ends it if it dies
             time.sleep(poll)

@@ -42,6 +42,7 @@ from typing import Any, Iterator
 import fsspec
 
 from aimaster.errors import AimasterError, CredentialsError
+from aimaster.io.staging import StagedOutputMissingError
 
 #: fsspec protocols of flat object stores: keys, not directories; no rename.
 OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "oss", "gs", "gcs", "az", "abfs", "abfss", "adl", "cos", "obs",
@@ -55,10 +56,6 @@ class ObjectStoreError(AimasterError, OSError):
     """
 
     environment = True
-
-
-class StagedOutputMissingError(AimasterError, FileNotFoundError):
-    """A committed slice's staged output is gone and its final object was never made: output lost."""
 
 
 class StorageAccessError(AimasterError, PermissionError):

@@ -11,16 +11,16 @@ import time
 from typing import Any, Dict, List, Optional
 
 from aimaster.data import keys
+from aimaster.data.connect import connect
 from aimaster.data.store import ROOT, EtcdConfig, Store, dumps, job_prefix, loads
-from aimaster.errors import EtcdDataError, JobError
+from aimaster.errors import AimasterError, EtcdDataError, JobError
+from aimaster.master.job_state import TERMINAL
 from aimaster.master.state_dir import JobStateDir
 
 CONTROL = "control"
 
 
 def _store(job_id: str, cfg: Optional[EtcdConfig], state_root: str) -> Store:
-    from aimaster.master.master import connect
-
     if cfg is None:
         state = JobStateDir(state_root, job_id)
         endpoint = state.running_etcd()
@@ -38,7 +38,7 @@ def request_stop(job_id: str, cfg: Optional[EtcdConfig], state_root: str) -> Dic
         record = store.get_value(keys.JOB)
         if record is None:
             raise JobError(f"no job {job_id} in etcd at {','.join(store.cfg.endpoints)}")
-        if record.get("state") in ("Succeeded", "Failed", "Stopped"):
+        if record.get("state") in TERMINAL:
             raise JobError(f"job {job_id} is already {record.get('state')}")
         store.put(CONTROL, {"stop": True, "t": time.time()})
         return record
@@ -69,6 +69,27 @@ def fail_requested(store: Store) -> Optional[str]:
     return f"{reason} (decided by {by})"
 
 
+def check(m) -> None:
+    """For the master ``m``: ``aimaster stop`` from anywhere is handled like Ctrl-C, and a joiner's
+    failing the job ends it (a request in etcd, checked about once a second)."""
+    if m.opts.join_only or m.stop_requested.is_set():
+        return
+    now = time.monotonic()
+    if now - m._last_control_check < 1.0:
+        return
+    m._last_control_check = now
+    try:
+        if stop_requested(m.store):
+            m._log(f"stop requested for job {m.opts.job_id} (aimaster stop)")
+            m.stop_requested.set()
+        failed = fail_requested(m.store)
+        if failed:
+            m._log(f"an `aimaster join` ended job {m.opts.job_id}: {failed}")
+            m.joiner_failed = failed
+    except AimasterError as e:  # a malformed control value: report it, do not stop on it
+        m._log(f"warning: ignoring the job's control key: {e}")
+
+
 def clear_stop(store: Store) -> None:
     store.delete(CONTROL)
 
@@ -84,8 +105,6 @@ def index_job(store: Store, job_id: str, record: Dict[str, Any]) -> None:
 
 def list_jobs(cfg: EtcdConfig) -> List[Dict[str, Any]]:
     """Every job in an etcd: id, state, created, updated, workers."""
-    from aimaster.master.master import connect
-
     store = connect(cfg, "_")  # the job prefix is irrelevant here; the index is etcd-wide
     try:
         out = []
@@ -112,5 +131,5 @@ def jobs_in_state_dir(state_root: str) -> List[str]:
         return []
 
 
-__all__ = ["request_stop", "stop_requested", "request_fail", "fail_requested", "clear_stop", "index_job",
+__all__ = ["request_stop", "stop_requested", "check", "request_fail", "fail_requested", "clear_stop", "index_job",
            "list_jobs", "jobs_in_state_dir", "job_prefix"]

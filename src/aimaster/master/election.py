@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Optional
 
 from aimaster.data import keys
 from aimaster.data.session import WorkerSession
-from aimaster.data.store import dumps, loads
+from aimaster.data.store import Compare, Op, loads
 from aimaster.errors import EtcdDataError
 from aimaster.master.launcher import pid_alive
 
@@ -66,10 +66,8 @@ class MasterKey:
         return None
 
     def try_take(self) -> bool:
-        st, tx = self.store, self.store.tx
-        key = st.key(keys.MASTER)
-        ok, _ = self.session.leased(lambda lease: st.txn(
-            "take master", [tx.version(key) == 0], [tx.put(key, dumps(self.record), lease=lease)]))
+        ok, _ = self.session.leased(lambda lease: self.store.txn(
+            "take master", [Compare.version(keys.MASTER) == 0], [Op.put(keys.MASTER, self.record, lease=lease)]))
         if ok:
             return True
         try:
@@ -80,20 +78,18 @@ class MasterKey:
     def clear_dead_local_holder(self) -> bool:
         """Delete a master record naming a dead process on this host (its lease may outlive it), or
         one that is no master's record at all."""
-        st, tx = self.store, self.store.tx
-        key = st.key(keys.MASTER)
-        raw, meta = st.call(f"get {key}", lambda c: c.get(key))
+        raw, meta = self.store.get_raw(keys.MASTER)
         if raw is None:
             return True
         try:
-            other = loads(raw, key)
+            other = loads(raw, self.store.key(keys.MASTER))
         except EtcdDataError:
             other = None
         if not _is_master_record(other) or (
                 other.get("host") == self.record["host"] and other["pid"] != os.getpid()
                 and not pid_alive(other["pid"])):
-            st.txn("clear dead master", [tx.mod(st.key(keys.MASTER)) == meta.mod_revision],
-                   [tx.delete(st.key(keys.MASTER))])
+            self.store.txn("clear dead master", [Compare.mod(keys.MASTER) == meta.mod_revision],
+                           [Op.delete(keys.MASTER)])
             return True
         return False
 
@@ -121,9 +117,7 @@ class MasterKey:
         return self.is_ours(value)
 
     def release(self) -> None:
-        st, tx = self.store, self.store.tx
         try:
-            st.txn("release master", [tx.value(st.key(keys.MASTER)) == dumps(self.record)],
-                   [tx.delete(st.key(keys.MASTER))])
+            self.store.txn("release master", [Compare.value(keys.MASTER) == self.record], [Op.delete(keys.MASTER)])
         except Exception:  # etcd already gone: the lease expiry removes the key anyway
             pass

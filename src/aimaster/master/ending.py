@@ -22,13 +22,14 @@ from typing import Any, Dict
 
 from aimaster.data import keys
 from aimaster.errors import AimasterError, EtcdDataError, JobError
-from aimaster.master import failed_slices, runs
 from aimaster.master import report as reporting
+from aimaster.master import runs
+from aimaster.master.job_state import EXIT_CODES, TERMINAL, JobState
 from aimaster.master.monitor import JobView
 
-SUCCEEDED, FAILED, STOPPED, RUNNING, PENDING = "Succeeded", "Failed", "Stopped", "Running", "Pending"
-TERMINAL = (SUCCEEDED, FAILED, STOPPED)
-EXIT_CODES = {SUCCEEDED: 0, FAILED: 1, STOPPED: 130}
+# The states under the names they had here before aimaster.master.job_state became their home.
+SUCCEEDED, FAILED, STOPPED = JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED
+RUNNING, PENDING = JobState.RUNNING, JobState.PENDING
 
 
 class JobEnd:
@@ -43,7 +44,7 @@ class JobEnd:
         self._log(f"error: {self.fail_reason}")
         try:
             self._stop_workers()
-            self._finish(FAILED)
+            self._finish(JobState.FAILED)
         except Exception as e:  # noqa: BLE001 - etcd is what failed, most likely; the report may still be written
             self._log(f"could not record the job's end in etcd: {e}")
 
@@ -61,36 +62,34 @@ class JobEnd:
         self.fail_reason = str(error)
         self._log(f"error: {error}; the job fails")
         self._stop_workers()
-        return self._finish(FAILED)
+        return self._finish(JobState.FAILED)
 
     def _final_state(self, view: JobView) -> str:
         """Every worker has exited: Succeeded only if every planned slice is committed (the counts are
         the datasets' validated completion) and none failed."""
         if view.failed:
             self.fail_reason = f"{view.failed} slice(s) failed"
-            return FAILED
+            return JobState.FAILED
         if view.datasets and not view.all_complete:
             self.fail_reason = (f"all workers exited but {view.total - view.done} slice(s) are not committed "
                                 f"(re-run with --job-id {self.opts.job_id} to resume)")
-            return FAILED
+            return JobState.FAILED
         bad = [h for h in self.history if h.get("error")]
         if not view.datasets and bad:
             self.fail_reason = f"worker {bad[-1]['worker']} {bad[-1]['error']}"
-            return FAILED
-        return SUCCEEDED
+            return JobState.FAILED
+        return JobState.SUCCEEDED
 
     def _finish(self, state: str) -> int:
         """The one way a job ends: publish (if it may have succeeded), report, record, summarise."""
         view = self._last_view()
-        if state == SUCCEEDED or (state == FAILED and view.all_complete):
+        if state == JobState.SUCCEEDED or (state == JobState.FAILED and view.all_complete):
             state = self._finalize(state, view)
         report = self._report(state, view)
-        if not self.opts.join_only:  # the previous run's report is still there: carry its totals on
-            report["all_runs"] = runs.all_runs(self.state.read_json(self.state.report), report)
         self.state.write_json(self.state.report, report)
         if not self.opts.join_only:
             self._write_job(state, ended=time.time(), reason=self.fail_reason)
-        elif state == FAILED and self.fail_reason:
+        elif state == JobState.FAILED and self.fail_reason:
             self._tell_master_failed()
         self.job_state = state
         if self.display is not None:
@@ -123,8 +122,9 @@ class JobEnd:
     def _finalize(self, state: str, view: JobView, patience: float = 300.0) -> str:
         """Publish every dataset's committed outputs (idempotent). A worker may be doing it right
         now: then wait while its ``finalizing`` key lives. A job whose outputs are not all published
-        did not succeed."""
-        _import_sinks()
+        did not succeed. Every sink kind is rebuilt here on first use (aimaster.plugins): the master
+        may be the one to finalize a dataset (when the last slice ended by failing, no worker saw the
+        dataset complete)."""
         for d in view.datasets:
             ds = self._dataset(d.ds_id)
             if ds is None:
@@ -138,58 +138,17 @@ class JobEnd:
                     time.sleep(0.2)
             except AimasterError as e:
                 self._log(f"error: finalizing dataset {d.ds_id} failed: {e}")
-                if state == SUCCEEDED:
+                if state == JobState.SUCCEEDED:
                     self.fail_reason = f"finalizing dataset {d.ds_id} failed: {e}"
-                    state = FAILED
+                    state = JobState.FAILED
         return state
 
     def _report(self, state: str, view: JobView) -> Dict[str, Any]:
-        failed, committed = [], []
-        for d in view.datasets:
-            try:
-                ds = self._dataset(d.ds_id)
-                if ds is None:
-                    continue
-                committed += list(ds.committed())
-                failed += failed_slices.failed_rows(ds)  # with each slice's items (files or row range)
-            except EtcdDataError as e:  # the reason already says it, if that is why the job fails
-                view.ignored.append(str(e))
+        run = reporting.RunRecord(
+            self.opts.job_id, self.opts.command, self.started, self.generation, self.fail_reason,
+            self.relaunches, self.replaced, self.adopted, self.fleet.launched if self.fleet else 0,
+            self.guard.restarts if self.guard else 0, self.history)
         stats = {wid: info.stats for wid, info in self.watch.workers.items()} if self.watch else {}
-        workers = reporting.worker_rows(view, stats)
-        attempts = reporting.attempts_summary(committed)
-        ended = time.time()
-        return {
-            "job_id": self.opts.job_id,
-            "state": state,
-            "reason": self.fail_reason,
-            "command": self.opts.command,
-            "started": self.started,
-            "ended": ended,
-            "duration_s": round(ended - self.started, 3),
-            "generation": self.generation,
-            "slices": {"total": view.total, "committed": view.done, "failed": view.failed},
-            "attempts": attempts,
-            "speculation": reporting.speculation_summary(workers, attempts["copies_won_slices"]),
-            "datasets": view.to_json()["datasets"],
-            "failed_slices": failed,
-            "relaunches": dict(self.relaunches),
-            "replaced_slow": list(self.replaced),
-            "adopted": list(self.adopted),
-            "launched": self.fleet.launched if self.fleet else 0,
-            "etcd_restarts": self.guard.restarts if self.guard else 0,
-            "worker_exits": self.history,
-            "workers": workers,
-            "ignored_records": sorted(set(view.ignored)),
-        }
-
-
-def _import_sinks() -> None:
-    """Make every output sink kind rebuildable here: the master may be the one to finalize a dataset
-    (when the last slice ended by failing, no worker saw the dataset complete)."""
-    import importlib
-
-    for module in ("aimaster.io.files", "aimaster.io.tables"):
-        try:
-            importlib.import_module(module)
-        except ImportError:  # an optional dependency missing: that kind cannot be in this job either
-            pass
+        previous = None if self.opts.join_only else self.state.read_json(self.state.report)
+        return reporting.assemble(run, state, view, self._dataset, stats, previous,
+                                  carry_runs=not self.opts.join_only)

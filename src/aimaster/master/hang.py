@@ -25,19 +25,17 @@ class HangDetector:
     def __init__(self, interval: float):
         self.interval = float(interval)
 
-    def idle_for(self, worker: Worker, info: Optional[WorkerInfo], now: Optional[float] = None) -> float:
-        """Seconds since the worker last made progress (or since it was launched)."""
-        now = time.monotonic() if now is None else now
-        last = worker.launched
-        if info is not None:
-            last = max(last, info.last_progress)
-        return now - last
-
     def hung(self, worker: Worker, info: Optional[WorkerInfo], now: Optional[float] = None) -> Optional[float]:
         """Seconds without progress if the worker counts as hung, else None."""
         if worker.poll() is not None or worker.stop_reason:
             return None
+        return self.idle(worker.launched, info, now)
+
+    def idle(self, launched: float, info: Optional[WorkerInfo], now: Optional[float] = None) -> Optional[float]:
+        """For a live worker launched at ``launched`` (monotonic): seconds without progress past the
+        interval, else None. One waiting for a slice with its lease alive is idle, not hung."""
         if info is not None and info.registered and info.state == "waiting":
             return None
-        idle = self.idle_for(worker, info, now)
+        now = time.monotonic() if now is None else now
+        idle = now - max(launched, info.last_progress if info is not None else launched)
         return idle if idle > self.interval else None

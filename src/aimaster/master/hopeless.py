@@ -20,7 +20,7 @@ A crash counts as hopeless only when all of these hold, so that what a relaunch 
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from aimaster.master.policy import Failure
 
@@ -90,32 +90,31 @@ def where(cause: List[str]) -> Optional[str]:
     return None
 
 
-def verdict(master, worker, failure: Failure) -> Optional[str]:
-    """For the master, after its fault policy chose to relaunch ``worker``: the reason the job must
-    fail now instead (the root cause printed, once), or None.
+def judge(crashes: HopelessCrashes, slots: int, worker_id: str, slot: int, failure: Failure,
+          held: Iterable[str], committed: bool,
+          stderr_tail: Callable[[], List[str]]) -> Optional[Tuple[str, List[str]]]:
+    """After the fault policy chose to relaunch a worker: the reason the job must fail now instead,
+    with the lines that print its root cause once (from ``stderr_tail()``, read only then), or None.
 
-    ``master`` is the :class:`~aimaster.master.master.Master`; what counts as committed in this run
-    is what the workers it supervised (launched or adopted, dead or alive) have committed.
+    ``committed``: whether a worker the supervisor runs or ran (launched or adopted, dead or alive)
+    has committed a slice in this run.
     """
-    if getattr(master, "hopeless", None) is None:
-        master.hopeless = HopelessCrashes(master.opts.workers)
-    watch = master.watch
-    ours = {h.get("worker") for h in master.history} | {w.worker_id for w in master.fleet.all()}
-    committed = any(_slices(watch.get(wid)) > 0 for wid in ours if wid)
-    info = watch.get(worker.worker_id)
-    held = info.held if info is not None else []
-    if not master.hopeless.observe(worker.slot, failure, held, committed):
+    if not crashes.observe(slot, failure, held, committed):
         return None
-    cause = root_cause(worker.stderr_tail(60))
-    n = master.hopeless.counts.get(failure.signature, 0)
-    master._log(f"every worker died the same way before committing anything ({n} deaths); the root cause, "
-                f"from {worker.worker_id}'s stderr:")
-    for line in cause or ["(it wrote nothing to stderr)"]:
-        master._log(f"  | {line}")
+    cause = root_cause(list(stderr_tail()))
+    n = crashes.counts.get(failure.signature, 0)
+    lines = [f"every worker died the same way before committing anything ({n} deaths); the root cause, "
+             f"from {worker_id}'s stderr:"]
+    lines += [f"  | {line}" for line in cause or ["(it wrote nothing to stderr)"]]
     at = where(cause)
     return (f"hopeless: every worker exited the same way before committing anything ({n} times, "
-            f"{master.opts.workers} slot(s)): {failure.describe()}{f' ({at})' if at else ''}; fix the "
-            f"program, then re-run (the same --job-id resumes)")
+            f"{slots} slot(s)): {failure.describe()}{f' ({at})' if at else ''}; fix the "
+            f"program, then re-run (the same --job-id resumes)"), lines
+
+
+def committed_by(watch, worker_ids: Iterable[str]) -> bool:
+    """Whether any of these workers has committed a slice (by its stats in the watch)."""
+    return any(_slices(watch.get(wid)) > 0 for wid in worker_ids if wid)
 
 
 def _slices(info) -> int:

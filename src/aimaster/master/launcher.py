@@ -46,7 +46,8 @@ class Worker:
     incarnation: int
     worker_id: str
     started: float
-    adopted = False
+    adopted = False  # launched by a previous master or a joiner: not ours to wait() on
+    local = True  # ours to signal: launched by us, or (AdoptedWorker) adopted on this host
 
     def __init__(self) -> None:
         self.returncode: Optional[int] = None
@@ -125,13 +126,9 @@ class Worker:
             except (ProcessLookupError, PermissionError):
                 pass
 
-    def last_error_line(self) -> str:
-        tail = self.stderr_tail(5)
-        return tail[-1].strip()[:500] if tail else ""
-
-    @property
-    def alive(self) -> bool:
-        return self.poll() is None
+    def oom_killed(self) -> Optional[bool]:
+        """Whether the kernel's OOM killer fired while this worker ran (None: cannot tell from here)."""
+        return None
 
 
 def _tail(path: str, nbytes: int) -> bytes:

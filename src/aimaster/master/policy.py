@@ -36,9 +36,7 @@ from typing import Dict, Optional
 
 from aimaster.data.runtime import ENVIRONMENT_ERROR_EXIT
 from aimaster.errors import ConfigError
-
-EXECUTION_MODES = ("Async", "Sync")
-POLICIES = ("OnFailure", "ExitCodeAndErrorMsg", "Never")
+from aimaster.settings import EXECUTION_MODES, POLICIES
 
 _TRANSIENT_MSG = re.compile(
     r"(connection|timed? ?out|timeout|unavailable|temporar|resource exhausted|out of memory|oom|"

@@ -18,8 +18,6 @@ supervisor's own doing and is handled as such, whatever the worker marked.
 
 from __future__ import annotations
 
-from typing import Any, Dict
-
 from aimaster.data.preemption import read_preempted
 from aimaster.master.launcher import Worker
 
@@ -27,25 +25,13 @@ CAUSE = "preempted"
 RELAUNCH_DELAY = 0.25
 
 
-def handle(master, w: Worker, entry: Dict[str, Any], complete: bool) -> bool:
-    """True if ``w``'s exit was a preemption (and is now dealt with)."""
+def seen(store, w: Worker) -> bool:
+    """Whether reaped worker ``w`` marked itself preempted before exiting (read from etcd now: the
+    round's refresh may predate the mark). What follows is decided by
+    :meth:`aimaster.master.supervisor.Supervisor.on_exit`."""
     if w.stop_reason or w.slot < 0:
         return False
     try:
-        when = read_preempted(master.store, w.worker_id)
+        return read_preempted(store, w.worker_id) is not None
     except Exception:  # noqa: BLE001 - etcd away: judge the exit by its status, as before
-        when = None
-    if when is None:
         return False
-    entry["preempted"] = True
-    master._log(f"worker {w.worker_id} (pid {w.pid}) was preempted (SIGTERM): its slices went back at once"
-                + ("" if complete else "; relaunching it"))
-    master._give_back(w, None)
-    if complete:
-        return True
-    master.relaunches[CAUSE] = master.relaunches.get(CAUSE, 0) + 1
-    if master.sync is not None:
-        master.sync.bump(CAUSE)
-        master._restart_all(CAUSE)
-    master.fleet.schedule(w.slot, RELAUNCH_DELAY, CAUSE)
-    return True

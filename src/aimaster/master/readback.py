@@ -24,8 +24,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from aimaster.data.coordinator import slice_id_width
 from aimaster.data.store import Store, loads
 from aimaster.errors import EtcdDataError
+from aimaster.master.job_state import JobState
 
-JOB_STATES = ("Pending", "Running", "Succeeded", "Failed", "Stopped")
+JOB_STATES = tuple(s.value for s in JobState)
 
 Problem = Optional[str]  # why a value is refused; None when it is sound
 

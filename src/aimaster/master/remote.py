@@ -33,6 +33,7 @@ class JoinedWorker(Worker):
         self.requested: List[str] = []  # signals asked for so far ("TERM", "KILL")
 
     adopted = True  # not ours to reap or relaunch
+    local = False  # signalled through its supervisor, by stop request
 
     @property
     def pid(self) -> int:

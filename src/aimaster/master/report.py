@@ -4,16 +4,90 @@ It answers what a user asks after a job, especially one that went through failur
 slice commit, which failed and why, how many attempts the slices took, how much speculation ran
 and whether it paid off, how often and why workers were relaunched or replaced, and how fast each
 worker was.
+
+:func:`assemble` builds the whole report, in one place, from the run's own memory
+(:class:`RunRecord`), the final view of the job and its datasets' records.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Tuple
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from aimaster.data.preemption import preempted_at
+from aimaster.errors import EtcdDataError
+from aimaster.master import failed_slices, runs
 from aimaster.master.failed_slices import item_summary
 from aimaster.master.monitor import JobView
 from aimaster.master.progress import format_duration
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a supervisor remembers of its run (never read back from etcd), for the report."""
+
+    job_id: str
+    command: Sequence[str]
+    started: float
+    generation: int
+    reason: Optional[str]
+    relaunches: Mapping[str, int]
+    replaced: Sequence[str]
+    adopted: Sequence[str]
+    launched: int
+    etcd_restarts: int
+    worker_exits: List[Dict[str, Any]]
+
+
+def assemble(run: RunRecord, state: str, view: JobView, dataset: Callable[[str], Any],
+             stats_by_worker: Dict[str, Dict[str, Any]], previous: Any = None,
+             carry_runs: bool = True) -> Dict[str, Any]:
+    """``report.json``: the run's memory, the view's counts, each dataset's committed and failed slices
+    (``dataset(ds_id)``: its :class:`~aimaster.data.coordinator.Dataset`, None if unplanned), and, when
+    ``carry_runs``, what all runs of the job add up to (from ``previous``, the last run's report).
+
+    A dataset whose records read back malformed is named in ``ignored_records``; the report is still written.
+    """
+    failed, committed = [], []
+    for d in view.datasets:
+        try:
+            ds = dataset(d.ds_id)
+            if ds is None:
+                continue
+            committed += list(ds.committed())
+            failed += failed_slices.failed_rows(ds)  # with each slice's items (files or row range)
+        except EtcdDataError as e:  # the reason already says it, if that is why the job fails
+            view.ignored.append(str(e))
+    workers = worker_rows(view, stats_by_worker)
+    attempts = attempts_summary(committed)
+    ended = time.time()
+    report = {
+        "job_id": run.job_id,
+        "state": state,
+        "reason": run.reason,
+        "command": run.command,
+        "started": run.started,
+        "ended": ended,
+        "duration_s": round(ended - run.started, 3),
+        "generation": run.generation,
+        "slices": {"total": view.total, "committed": view.done, "failed": view.failed},
+        "attempts": attempts,
+        "speculation": speculation_summary(workers, attempts["copies_won_slices"]),
+        "datasets": view.to_json()["datasets"],
+        "failed_slices": failed,
+        "relaunches": dict(run.relaunches),
+        "replaced_slow": list(run.replaced),
+        "adopted": list(run.adopted),
+        "launched": run.launched,
+        "etcd_restarts": run.etcd_restarts,
+        "worker_exits": run.worker_exits,
+        "workers": workers,
+        "ignored_records": sorted(set(view.ignored)),
+    }
+    if carry_runs:  # the previous run's report is still there: carry its totals on
+        report["all_runs"] = runs.all_runs(previous, report)
+    return report
 
 
 def attempts_summary(committed: Iterable[Tuple[str, Dict[str, Any]]]) -> Dict[str, Any]:

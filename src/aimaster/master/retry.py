@@ -23,15 +23,16 @@ count and its recorded settings (attempts, lease TTL, speculation, fault policy,
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any, Dict, List, Tuple
 
 import click
 
 from aimaster.data import keys
 from aimaster.data.coordinator import Dataset
-from aimaster.data.store import dumps
 from aimaster.errors import JobError
+from aimaster.etcd_flags import etcd_config
+from aimaster.master.job_state import JobState
+from aimaster.master.state_dir import default_root
 
 META_KEY = "aimaster.retry"  # in click's ctx.meta: the run being invoked is a retry
 
@@ -92,20 +93,12 @@ def reset_failed(session: Any, log=lambda message: None) -> Dict[str, int]:
 
 
 def _put_back(ds: Dataset, sid: str, rev: int, record: Dict[str, Any]) -> bool:
-    """One guarded transaction: failed -> todo (no attempts yet), and the dataset no longer finalized."""
-    st, tx = ds.store, ds.store.tx
-    key = st.key
-    error = record.get("e") if isinstance(record.get("e"), str) else None
-    value = {"a": 0, "e": error, "retried": time.time()}
-    compare = [tx.mod(key(ds.k.failed + sid)) == rev] + [
-        tx.version(key(prefix + sid)) == 0 for prefix in (ds.k.done, ds.k.todo, ds.k.claim)]
-    ok, _ = st.txn(f"retry slice {sid}", compare, [
-        tx.delete(key(ds.k.failed + sid)),
-        tx.delete(key(ds.k.attempts + sid)),
-        tx.delete(key(ds.k.finalized)),
-        tx.put(key(ds.k.todo + sid), dumps(value)),
-    ])
-    return ok
+    """One guarded transaction (:meth:`Dataset.give_back_uncounted`): failed -> todo (no attempts
+    yet), and the dataset no longer finalized."""
+    from aimaster.data.records import FailureRecord
+
+    rel = ds.k.failed + sid
+    return ds.give_back_uncounted(sid, rel, rev, FailureRecord.from_json(record, ds.store.key(rel)))
 
 
 # ---------------------------------------------------------------------------------- the command
@@ -129,15 +122,14 @@ def make_retry_command(run: click.Command) -> click.Command:
     def callback(ctx: click.Context, **kw: Any) -> None:
         from aimaster.master.status import job_status
 
-        cli_mod = _cli()
-        cfg = cli_mod._etcd_config(kw["etcd"], kw["etcd_user"], kw["etcd_password"], kw["etcd_ca"],
+        cfg = etcd_config(kw["etcd"], kw["etcd_user"], kw["etcd_password"], kw["etcd_ca"],
                                    kw["etcd_cert"], kw["etcd_key"])
         job_id = keys.check_name("job id", kw["job_id"])
-        view = job_status(job_id, cfg, kw["state_dir"] or cli_mod.default_root())
+        view = job_status(job_id, cfg, kw["state_dir"] or default_root())
         record = view.get("job") or {}
         if cfg is None and not kw["state_dir"] and view.get("state_dir"):
             kw["state_dir"] = view["state_dir"]  # found through the job index, from another directory
-        if view["state"] == "Succeeded":
+        if view["state"] == JobState.SUCCEEDED:
             click.echo(f"aimaster: job {job_id} already succeeded; nothing to retry", err=True)
             return
         kw = apply_job_defaults(ctx, kw, record)
@@ -186,9 +178,3 @@ def apply_job_defaults(ctx: click.Context, kw: Dict[str, Any], record: Dict[str,
     if not kw.get("command") and isinstance(command, list) and all(isinstance(x, str) for x in command):
         kw["command"] = tuple(command)
     return kw
-
-
-def _cli():
-    from aimaster import cli
-
-    return cli

@@ -23,7 +23,8 @@ What happens to an overdue attempt:
 3. once reaped, its lease is revoked (its claims vanish at once) and its slices requeued: the
    attempt counts toward ``--max-slice-attempts``, after which the slice fails and the job goes on;
 4. the worker is relaunched in its slot (a slice timeout is the slice's failure, not the worker's:
-   it does not count toward ``--max-num-of-same-error``).
+   it does not count toward ``--max-num-of-same-error``); the supervisor decides it
+   (:meth:`aimaster.master.supervisor.Supervisor.on_exit`).
 """
 
 from __future__ import annotations
@@ -99,11 +100,3 @@ class SliceTimeout:
             master._log(f"worker {w.worker_id} (pid {w.pid}) holds {slices} past --slice-timeout="
                         f"{self.seconds:g}s: killing it; the slice is handed out again")
             master.fleet.kill(w, STOP_REASON)
-
-    def relaunch(self, master: Any, w: Any, complete: bool) -> Optional[int]:
-        """The killed worker was reaped (its slices already given back): start its slot again."""
-        if complete or master.stop_requested.is_set():
-            return None
-        master.relaunches[STOP_REASON] = master.relaunches.get(STOP_REASON, 0) + 1
-        master.fleet.schedule_relaunch(w.slot, STOP_REASON, (w.ended or time.time()) - w.started)
-        return None

@@ -18,16 +18,18 @@ import re
 import time
 from typing import Any, Dict, Optional, Tuple
 
+from aimaster.data.connect import connect
 from aimaster.data.etcd_server import EmbeddedEtcd
 from aimaster.data.store import EtcdConfig
 from aimaster.errors import EtcdUnavailableError, JobError
 from aimaster.master import job_index
 from aimaster.master.failed_slices import failed_rows, item_summary
-from aimaster.master.master import connect
+from aimaster.master.job_state import JobState
 from aimaster.master.monitor import JobMonitor
 from aimaster.master.progress import format_duration
 from aimaster.master.state_dir import JobStateDir, default_root
 from aimaster.master.stop_requests import how_workers_left
+from aimaster.settings import DEFAULTS
 
 
 def latest_job(root: str) -> str:
@@ -68,8 +70,8 @@ def locate(job_id: Optional[str], root: str) -> Tuple[str, str]:
 
 def pending(job_id: str) -> Dict[str, Any]:
     """The view of a job that is starting: its state directory exists, its record is not written yet."""
-    return {"job_id": job_id, "state": "Pending", "job": {}, "time": time.time(), "datasets": [], "workers": [],
-            "slices": {"total": 0, "done": 0, "failed": 0, "running": 0}, "failed_slices": []}
+    return {"job_id": job_id, "state": JobState.PENDING.value, "job": {}, "time": time.time(), "datasets": [],
+            "workers": [], "slices": {"total": 0, "done": 0, "failed": 0, "running": 0}, "failed_slices": []}
 
 
 LOCAL_RETRY_SECONDS = 5.0  # the job's own etcd, on this host: gone for longer means it was shut down
@@ -164,7 +166,8 @@ class _Datasets:
 
         if ds_id not in self.attached:
             if self.session is None:
-                self.session = WorkerSession(self.store, f"status-{os.getpid()}", register=False)
+                self.session = WorkerSession(self.store, f"status-{os.getpid()}", register=False,
+                                             settings=DEFAULTS)  # only reads: a bad $AIMASTER_* cannot break it
             ds = Dataset(self.session, ds_id)
             self.attached[ds_id] = ds if ds.load_plan() is not None else None
         return self.attached[ds_id]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, Optional
 
-from aimaster.data.store import Store, dumps, loads
+from aimaster.data.store import Compare, Op, Store, loads
 from aimaster.errors import EtcdDataError
 
 RESTART = "restart"
@@ -32,8 +32,8 @@ class SyncRestarts:
 
     def _read(self):
         """(epoch, record, mod revision); a malformed record reads as epoch 0, with a warning."""
-        key = self.store.key(RESTART)
-        raw, meta = self.store.call(f"get {key}", lambda c: c.get(key))
+        key = self.store.key(RESTART)  # named in warnings
+        raw, meta = self.store.get_raw(RESTART)
         if raw is None:
             return 0, None, 0
         try:
@@ -52,14 +52,12 @@ class SyncRestarts:
 
     def bump(self, cause: str) -> int:
         """Start a new epoch (every supervisor restarts its workers); returns it."""
-        st, tx = self.store, self.store.tx
-        key = st.key(RESTART)
         while True:
             epoch, _, rev = self._read()
             new = max(epoch, self.seen) + 1
-            value = dumps({"epoch": new, "by": self.me, "cause": cause, "t": time.time()})
-            compare = [tx.mod(key) == rev] if rev else [tx.version(key) == 0]
-            ok, _ = st.txn("bump the restart epoch", compare, [tx.put(key, value)])
+            value = {"epoch": new, "by": self.me, "cause": cause, "t": time.time()}
+            compare = [Compare.mod(RESTART) == rev] if rev else [Compare.version(RESTART) == 0]
+            ok, _ = self.store.txn("bump the restart epoch", compare, [Op.put(RESTART, value)])
             if ok:
                 self.seen = new
                 return new

@@ -30,7 +30,9 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from aimaster.data import keys
 from aimaster.data.keys import DatasetKeys
+from aimaster.data.records import ClaimRecord
 from aimaster.data.store import Store
+from aimaster.errors import EtcdDataError
 from aimaster.master import readback
 
 
@@ -121,12 +123,16 @@ class WorkerWatch:
         seen: Dict[Tuple[str, str, str], float] = {}
         inflight: Dict[str, List[Tuple[str, str, float]]] = {}
         for ds_id in dataset_ids:
-            k = DatasetKeys(ds_id)
-            claims, _ = readback.read_prefix(self.store, k.claim, readback.claim_problem)
-            for sid, (value, _) in claims.items():  # a malformed claim is the coordinator's to clear
-                key = (ds_id, sid, str(value.get("at")))
+            prefix = DatasetKeys(ds_id).claim
+            for rel, raw, _ in self.store.iter_prefix_chunks(prefix):
+                try:
+                    claim = ClaimRecord.from_json(raw, self.store.key(rel))
+                except EtcdDataError:
+                    continue  # a malformed claim is the coordinator's to clear
+                sid = rel[len(prefix):]
+                key = (ds_id, sid, claim.attempt)
                 first = seen[key] = self._claim_seen.get(key, now)
-                inflight.setdefault(str(value.get("w")), []).append((ds_id, sid, now - first))
+                inflight.setdefault(claim.worker, []).append((ds_id, sid, now - first))
         self._claim_seen = seen
         self.inflight = inflight
 

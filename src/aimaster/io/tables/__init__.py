@@ -1,6 +1,8 @@
 """The table layer: read tables by row range, write slice outputs exactly once.
 
-Three backends sit behind one URL registry (:mod:`aimaster.io.tables.urls`):
+Three backends sit behind one URL mapping (:mod:`aimaster.io.tables.urls`), each a kind of
+:mod:`aimaster.plugins`' ``table_backend`` group (and its sink one of the ``output_sink`` group),
+imported on first use:
 
 * ``odps://project/tables/table[/p=v...]`` -- MaxCompute through pyodps' tunnel, or, when
   ``AIMASTER_ODPS_WAREHOUSE`` is set, MaxCompute's local-run warehouse of CSV files;
@@ -15,7 +17,6 @@ one exception is :mod:`aimaster.io.tables.odps_generations`, which the SDK's tab
 job's dataset so that MaxCompute upload sessions are rotated and committed before they expire.
 """
 
-from aimaster.data.outputs import register_sink_loader
 from aimaster.io.tables.base import DEFAULT_BATCH_ROWS, StageWriter, TableSink, TableSource
 from aimaster.io.tables.slice_writer import SliceRowWriter
 from aimaster.io.tables.types import Column, parse_columns
@@ -30,21 +31,6 @@ from aimaster.io.tables.urls import (
 )
 from aimaster.io.tables.warehouse import create_warehouse_table
 from aimaster.io.tables.writer_process import SubprocessSliceRowWriter
-
-
-def _loader(module: str):
-    def load() -> None:
-        import importlib
-
-        importlib.import_module(module)
-
-    return load
-
-
-# Sinks are rebuilt from their etcd description by kind; make every kind importable on demand.
-register_sink_loader("parquet", _loader("aimaster.io.tables.parquet"))
-register_sink_loader("warehouse", _loader("aimaster.io.tables.warehouse"))
-register_sink_loader("odps", _loader("aimaster.io.tables.odps"))
 
 __all__ = [
     "DEFAULT_BATCH_ROWS",

@@ -14,11 +14,14 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 import pyarrow as pa
 
 from aimaster.data.outputs import OutputSink, StagedRef
-from aimaster.errors import SchemaError, TableIOError
+from aimaster.errors import SchemaError
+from aimaster.io.staging import StageLost
 from aimaster.io.tables.rows import batch_to_rows, normalize_rows, rows_to_table
 from aimaster.io.tables.types import Column
 
 DEFAULT_BATCH_ROWS = 8192
+
+__all__ = ["DEFAULT_BATCH_ROWS", "StageLost", "StageWriter", "TableSink", "TableSource", "check_id"]
 
 
 class TableSource(abc.ABC):
@@ -118,18 +121,6 @@ def check_id(value: Any, what: str) -> str:
     if not _SAFE_ID.fullmatch(text) or ".." in text:
         raise ValueError(f"{what} {value!r} must match [A-Za-z0-9][A-Za-z0-9._-]* (it names files)")
     return text
-
-
-class StageLost(TableIOError):
-    """A stage that can never be committed, found out while staging: the attempt has lost.
-
-    Raised by :meth:`StageWriter.commit` when what the stage needs is gone for a reason that only
-    an attempt that already lost can meet -- the job's finalize cleaned the staging area up (every
-    slice was committed, so this one was too, by another attempt), or the MaxCompute upload session
-    was committed or expired under it. The SDK's table client then gives the attempt up quietly, as
-    a lost commit (``commit_slice`` returns False); it is not the user's error and not a crash.
-    Anyone else sees a TableIOError, so nothing is ever committed from a lost stage.
-    """
 
 
 class StageWriter(abc.ABC):

@@ -36,7 +36,7 @@ import logging
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from aimaster.data.store import dumps, loads
+from aimaster.data.store import Compare, Op, loads
 from aimaster.io.tables.odps_sink import MAX_BLOCKS, MaxComputeSink, SessionClock
 
 logger = logging.getLogger(__name__)
@@ -84,9 +84,8 @@ class UploadGenerations:
         if created is None:
             created = float((self.dataset.plan or {}).get("created") or time.time())
         record = {"sessions": self.sink.session_ids, "t": created, "state": "open"}
-        st, tx = self.store, self.store.tx
-        key = st.key(self._key(0))
-        st.txn("register upload generation 0", [tx.version(key) == 0], [tx.put(key, dumps(record))])
+        key = self._key(0)
+        self.store.txn("register upload generation 0", [Compare.version(key) == 0], [Op.put(key, record)])
         return self.store.get_value(self._key(0)) or record
 
     def age(self, record: Dict[str, Any]) -> float:
@@ -124,22 +123,22 @@ class UploadGenerations:
             time.sleep(0.2)
 
     def _create(self, g: int) -> bool:
-        st, tx = self.store, self.store.tx
-        lock = st.key(self.prefix[:-1] + "-new")
-        key = st.key(self._key(g))
+        st = self.store
+        lock = self.prefix[:-1] + "-new"
+        key = self._key(g)
         session = self.dataset.session
         ok, _ = session.leased(lambda lease: st.txn(
-            f"take the creation of upload generation {g}", [tx.version(lock) == 0, tx.version(key) == 0],
-            [tx.put(lock, dumps({"w": session.worker_id, "g": g}), lease=lease)]))
+            f"take the creation of upload generation {g}", [Compare.version(lock) == 0, Compare.version(key) == 0],
+            [Op.put(lock, {"w": session.worker_id, "g": g}, lease=lease)]))
         if not ok:
             return False
         try:
             ids, created = self.sink.create_sessions(self.sink.sessions_per_generation)
-            st.txn(f"record upload generation {g}", [tx.version(key) == 0],
-                   [tx.put(key, dumps({"sessions": ids, "t": created, "state": "open"}))])
+            st.txn(f"record upload generation {g}", [Compare.version(key) == 0],
+                   [Op.put(key, {"sessions": ids, "t": created, "state": "open"})])
             logger.info("aimaster: upload sessions of %s rotated to generation %d", self.sink.url, g)
         finally:
-            st.txn("release the upload generation lock", [], [tx.delete(lock)])
+            st.txn("release the upload generation lock", [], [Op.delete(lock)])
         return True
 
     def committable(self, ref: Dict[str, Any]) -> bool:
@@ -166,12 +165,12 @@ class UploadGenerations:
         return self.reopened - before
 
     def _seal(self, g: int, record: Dict[str, Any]) -> None:
-        st, tx = self.store, self.store.tx
-        lock = st.key(f"{self.prefix[:-1]}-seal/{g:06d}")
+        st = self.store
+        lock = f"{self.prefix[:-1]}-seal/{g:06d}"
         session = self.dataset.session
         ok, _ = session.leased(lambda lease: st.txn(
-            f"take the sealing of upload generation {g}", [tx.version(lock) == 0],
-            [tx.put(lock, dumps({"w": session.worker_id}), lease=lease)]))
+            f"take the sealing of upload generation {g}", [Compare.version(lock) == 0],
+            [Op.put(lock, {"w": session.worker_id}, lease=lease)]))
         if not ok:
             return
         try:
@@ -194,7 +193,7 @@ class UploadGenerations:
             logger.info("aimaster: upload generation %d of %s sealed (%d slices to redo)", g, self.sink.url,
                         len(lost))
         finally:
-            st.txn("release the upload generation seal", [], [tx.delete(lock)])
+            st.txn("release the upload generation seal", [], [Op.delete(lock)])
 
     def _commits_of_blocks(self, k: int, session: str, blocks: List[int]) -> Dict[int, Commit]:
         """Of the blocks a session holds, those a commit record names: block -> (slice, revision,
@@ -230,14 +229,14 @@ class UploadGenerations:
     def _reopen(self, slice_id: str, revision: int, record: Dict[str, Any], reason: str) -> None:
         """Take a commit back: its slice is free again (its attempt count goes on, so the redo's
         block ordinal is new)."""
-        st, tx, k = self.store, self.store.tx, self.dataset.k
-        done = st.key(k.done + slice_id)
+        k = self.dataset.k
+        done = k.done + slice_id
         attempts = record.get("a") if isinstance(record.get("a"), int) else 1
         # ``retaken`` changes with every take-back: a process caching which slices are committed
         # (the coordinator reads commit records incrementally) can see that one went away.
-        ok, _ = st.txn(f"take back the commit of slice {slice_id}", [tx.mod(done) == revision],
-                       [tx.delete(done), tx.put(st.key(k.todo + slice_id), dumps({"a": attempts, "e": reason})),
-                        tx.put(st.key(k.base + "retaken"), dumps({"slice": slice_id, "t": time.time()}))])
+        ok, _ = self.store.txn(f"take back the commit of slice {slice_id}", [Compare.mod(done) == revision],
+                               [Op.delete(done), Op.put(k.todo + slice_id, {"a": attempts, "e": reason}),
+                                Op.put(k.retaken, {"slice": slice_id, "t": time.time()})])
         if ok:
             self.reopened += 1
             logger.warning("aimaster: slice %s is redone: %s", slice_id, reason)

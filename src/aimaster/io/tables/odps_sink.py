@@ -13,7 +13,7 @@ The tunnel's rules shape the design (see docs/tables.md for the sources):
 So the sessions are shared by every worker. A slice attempt's rows become one block whose id is
 derived from the slice number and the attempt's *ordinal*, a number no other attempt of the slice
 has (the SDK gives primaries and each speculative copy their own; see
-:func:`aimaster.inference.table.attempt_ordinal`) -- concurrent attempts never share a block, and a
+:func:`aimaster.inference.attempt_names.attempt_ordinal`) -- concurrent attempts never share a block, and a
 loser that empties its block only ever touches its own::
 
     n = slice_index * attempts_per_slice + ordinal      (ordinal < attempts_per_slice)
@@ -55,15 +55,15 @@ import pyarrow as pa
 from aimaster.data.outputs import StagedRef, register_sink
 from aimaster.errors import ConfigError, InputNotFoundError, TableIOError
 from aimaster.io.tables.base import StageLost, StageWriter, TableSink
-from aimaster.io.tables.odps import (
-    _check_partition,
-    _columns_of,
-    _is_transient,
-    _tunnel,
+from aimaster.io.tables.odps_arrow import arrow_batches, write_arrow_block
+from aimaster.io.tables.odps_connect import (
+    check_partition,
+    columns_of,
+    is_transient,
     session_lifetime,
     translated_errors,
+    tunnel_for,
 )
-from aimaster.io.tables.odps_arrow import arrow_batches, write_arrow_block
 from aimaster.io.tables.types import Column
 from aimaster.io.tables.urls import parse_odps_url
 
@@ -204,13 +204,13 @@ class MaxComputeSink(TableSink):
 
     def _create_session(self) -> str:
         spec = self.name.partition_spec or None
-        tunnel = _tunnel(self.name)
+        tunnel = tunnel_for(self.name)
         try:
             with translated_errors(self.url, "opening an upload session on"):
                 session = tunnel.create_upload_session(self.name.table, partition_spec=spec,
                                                        create_partition=bool(spec))
         except (InputNotFoundError, TableIOError):
-            _check_partition(self.name)
+            check_partition(self.name)
             raise
         with self._lock:
             self._sessions[session.id] = session
@@ -222,7 +222,7 @@ class MaxComputeSink(TableSink):
         if session is None:
             spec = self.name.partition_spec or None
             with translated_errors(self.url, f"attaching upload session {session_id} of"):
-                session = _tunnel(self.name).create_upload_session(self.name.table, partition_spec=spec,
+                session = tunnel_for(self.name).create_upload_session(self.name.table, partition_spec=spec,
                                                                    upload_id=session_id)
             with self._lock:
                 self._sessions[session_id] = session
@@ -249,7 +249,7 @@ class MaxComputeSink(TableSink):
     @property
     def schema(self) -> List[Column]:
         if self._schema is None:
-            self._schema = _columns_of(self._session(self.session_ids[0]).schema)
+            self._schema = columns_of(self._session(self.session_ids[0]).schema)
         return self._schema
 
     def describe(self) -> Dict[str, Any]:
@@ -309,7 +309,7 @@ class MaxComputeSink(TableSink):
                     self._write_block(session, block, tables)
                     return
                 except Exception as e:
-                    if attempt == _UPLOAD_RETRIES - 1 or not _is_transient(e) or _is_status_conflict(e):
+                    if attempt == _UPLOAD_RETRIES - 1 or not is_transient(e) or _is_status_conflict(e):
                         raise
             logger.warning("retrying upload of block %d to %s", block, self.url)
             time.sleep(delay)

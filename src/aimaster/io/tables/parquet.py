@@ -17,10 +17,12 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aimaster.data.outputs import StagedRef, register_sink
+from aimaster.data.outputs import StagedRef
 from aimaster.errors import EmptyInputError, InputNotFoundError, SchemaError, TableIOError, UrlError
+from aimaster.io.durable import fsync_dir
+from aimaster.io.staging import TableStaging
 from aimaster.io.tables.base import StageWriter, TableSource
-from aimaster.io.tables.localfs import LocalFileSink, LocalStaging, fsync_dir
+from aimaster.io.tables.localfs import LocalFileSink
 from aimaster.io.tables.rows import check_col_indices
 from aimaster.io.tables.types import Column, ColumnsLike, arrow_type, format_columns, parse_columns, type_name_of
 from aimaster.io.tables.urls import local_path
@@ -134,7 +136,6 @@ def _brief(schema: pa.Schema) -> str:
 # --- output ----------------------------------------------------------------------------------------
 
 
-@register_sink
 class ParquetSink(LocalFileSink):
     """A directory receiving one ``part-<slice_id>.parquet`` per committed slice.
 
@@ -164,7 +165,7 @@ class ParquetSink(LocalFileSink):
         if self.col_names is not None and self._schema is not None:
             raise SchemaError(f"Parquet output {url}: give schema= or col_names=, not both")
         self.row_group_rows = int(row_group_rows)
-        self.staging = LocalStaging(self.directory, self.STAGING, ".parquet")
+        self.staging = TableStaging(self.directory, self.STAGING, ".parquet")
 
     @property
     def schema(self) -> Optional[List[Column]]:
@@ -330,7 +331,7 @@ class _ParquetStage(StageWriter):
             except Exception:  # noqa: BLE001 - best effort: we are throwing the file away
                 pass
         self._writer = self._file = None
-        LocalStaging.remove_temp(self.temp)
+        TableStaging.remove_temp(self.temp)
 
 
 def open_source(url: str, **options: Any) -> ParquetSource:

@@ -69,7 +69,7 @@ class ColumnBatch(SequenceABC):
 def normalize_rows(values: Any) -> Sequence[Sequence[Any]]:
     """Accept a list of row tuples/lists, anything with ``tolist()`` (a 2-D numpy array), or a tuple
     of equally long 1-D column arrays, which is what a TF session returns for a batched dataset
-    (``sess.run(batch)`` in the seed's TF example). Column arrays and 2-D numpy arrays become a
+    (``sess.run(batch)`` in PAI ElasticBatch's TF example). Column arrays and 2-D numpy arrays become a
     :class:`ColumnBatch` (each column converted by one ``tolist()`` call)."""
     if isinstance(values, ColumnBatch):
         return values

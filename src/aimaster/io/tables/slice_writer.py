@@ -19,12 +19,11 @@ from aimaster.io.tables.rows import drop_filtered, normalize_rows
 
 
 def as_sink(sink: Union[TableSink, Mapping[str, Any]]) -> TableSink:
+    """``sink`` itself, or the table sink its description (from etcd, or a parent process) rebuilds."""
     if isinstance(sink, TableSink):
         return sink
     if isinstance(sink, Mapping):
-        import aimaster.io.tables  # noqa: F401 - registers the lazy loaders of every sink kind
-
-        built = sink_from_description(sink)
+        built = sink_from_description(sink)  # the kind's module is imported on first use (aimaster.plugins)
         if not isinstance(built, TableSink):
             raise TypeError(f"sink description {dict(sink)!r} is not a table sink")
         return built

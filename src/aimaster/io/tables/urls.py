@@ -1,21 +1,21 @@
-"""Table URLs: parsing, and the one registry that maps a URL to its backend.
+"""Table URLs: parsing, and the mapping of a URL to its backend.
 
 Callers never look at a URL's scheme themselves (the fsspec ``url_to_fs`` idea): they call
 :func:`open_table_source` / :func:`open_table_sink`, and the registry picks the backend --
 ``odps://`` goes to the local warehouse when ``AIMASTER_ODPS_WAREHOUSE`` is set and to MaxCompute
-otherwise; a plain path or ``file://`` URL is Parquet. Backends are imported on first use, so
-``import aimaster`` never pays for pyodps.
+otherwise; a plain path or ``file://`` URL is Parquet. Backends are kinds of the ``table_backend``
+group of :mod:`aimaster.plugins`, imported on first use, so ``import aimaster`` never pays for pyodps.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from aimaster import plugins
 from aimaster.errors import UrlError
 
 WAREHOUSE_ENV = "AIMASTER_ODPS_WAREHOUSE"
@@ -105,16 +105,17 @@ def local_path(url: str) -> str:
     return os.path.abspath(os.path.expanduser(url))
 
 
-# --- the registry --------------------------------------------------------------------------------
+# --- URL -> backend -------------------------------------------------------------------------------
+# Which backend a URL's scheme goes to; the backends themselves are kinds of the "table_backend"
+# group of :mod:`aimaster.plugins`, imported on first use.
 
-_BACKENDS: Dict[str, str] = {}
 _SCHEMES: Dict[str, Callable[[str], str]] = {}
 
 
 def register_table_backend(name: str, module: str) -> None:
     """Make backend ``name`` the module ``module``, which defines ``open_source(url, **options)``,
     ``open_sink(url, **options)`` and ``source_from_description(description)``."""
-    _BACKENDS[name] = module
+    plugins.register("table_backend", name, module)
 
 
 def register_table_scheme(scheme: str, resolver: Callable[[str], str]) -> None:
@@ -126,9 +127,6 @@ def _odps_backend(url: str) -> str:
     return "warehouse" if os.environ.get(WAREHOUSE_ENV) else "odps"
 
 
-register_table_backend("parquet", "aimaster.io.tables.parquet")
-register_table_backend("warehouse", "aimaster.io.tables.warehouse")
-register_table_backend("odps", "aimaster.io.tables.odps")
 register_table_scheme("odps", _odps_backend)
 register_table_scheme("file", lambda url: "parquet")
 register_table_scheme("", lambda url: "parquet")
@@ -146,10 +144,9 @@ def backend_name(url: str) -> str:
 
 def backend_module(name: str) -> Any:
     try:
-        module = _BACKENDS[name]
-    except KeyError:
-        raise UrlError(f"no table backend named {name!r}")
-    return importlib.import_module(module)
+        return plugins.load("table_backend", name)
+    except plugins.UnknownPluginError as e:
+        raise UrlError(str(e))
 
 
 def open_table_source(url: str, **options: Any):

@@ -31,10 +31,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from aimaster.data.outputs import StagedRef, register_sink
+from aimaster.data.outputs import StagedRef
 from aimaster.errors import ConfigError, InputNotFoundError, SchemaError, TableIOError, UrlError
+from aimaster.io.durable import fsync_dir
+from aimaster.io.staging import STAGING_DIR, TableStaging
 from aimaster.io.tables.base import StageWriter, TableSource
-from aimaster.io.tables.localfs import LocalFileSink, LocalStaging, fsync_dir
+from aimaster.io.tables.localfs import LocalFileSink
 from aimaster.io.tables.rows import rows_to_table
 from aimaster.io.tables.types import Column, ColumnsLike, arrow_type, format_columns, parse_columns
 from aimaster.io.tables.urls import WAREHOUSE_ENV, OdpsTableName, parse_odps_url
@@ -42,7 +44,6 @@ from aimaster.io.tables.urls import WAREHOUSE_ENV, OdpsTableName, parse_odps_url
 SCHEMA_FILE = "__schema__"
 TABLES_DIR = "__tables__"
 NULL_TOKEN = "\\N"
-_STAGING = ".aimaster-staging"
 
 
 def warehouse_root(warehouse: Optional[str] = None) -> str:
@@ -276,7 +277,6 @@ def encode_csv(table: pa.Table, columns: Sequence[Column]) -> bytes:
     return ("\n".join(lines.to_pylist()) + "\n").encode("utf-8")
 
 
-@register_sink
 class WarehouseSink(LocalFileSink):
     """A warehouse table (partition) receiving one ``part-<slice_id>.csv`` per committed slice.
 
@@ -289,7 +289,7 @@ class WarehouseSink(LocalFileSink):
     def __init__(self, url: str, warehouse: Optional[str] = None):
         self.table = WarehouseTable(url, warehouse)
         self.url = self.table.url
-        self.staging = LocalStaging(self.table.data_dir, _STAGING, ".csv")
+        self.staging = TableStaging(self.table.data_dir, STAGING_DIR, ".csv")
 
     @property
     def schema(self) -> List[Column]:
@@ -335,7 +335,7 @@ class _CsvStage(StageWriter):
             self._file.close()
         except OSError:
             pass
-        LocalStaging.remove_temp(self.temp)
+        TableStaging.remove_temp(self.temp)
 
 
 # --- creating tables ---------------------------------------------------------------------------------

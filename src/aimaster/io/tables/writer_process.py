@@ -4,7 +4,7 @@ The parent keeps the :class:`~aimaster.io.tables.slice_writer.SliceRowWriter` AP
 child process that runs the real one. Design choices, each for a failure it prevents:
 
 * **A fresh interpreter, not multiprocessing's spawn.** Spawn re-imports the parent's ``__main__``
-  in the child, and the seed's inference scripts have no ``if __name__ == "__main__"`` guard: the
+  in the child, and PAI ElasticBatch's inference scripts have no ``if __name__ == "__main__"`` guard: the
   child would run the user's whole program again. The child is ``python -c`` importing only this
   module, talking over two inherited pipe descriptors (and fork is unsafe after CUDA or threads).
 * **Two one-way pipes, no shared locks.** A ``multiprocessing.Queue`` shares locks and a feeder
@@ -47,7 +47,7 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 import aimaster.errors as errors_module
 from aimaster.data.outputs import StagedRef
 from aimaster.errors import AimasterError, SchemaError, TableIOError
-from aimaster.io.tables.base import TableSink
+from aimaster.io.tables.base import StageLost, TableSink
 from aimaster.io.tables.rows import check_row, normalize_rows
 
 _POLL_S = 0.05
@@ -98,9 +98,7 @@ def _error_message(exc: BaseException) -> Tuple[str, str]:
 
 
 def _rebuild_error(name: str, message: str) -> BaseException:
-    from aimaster.io.tables import base
-
-    cls = getattr(errors_module, name, None) or (base.StageLost if name == "StageLost" else None)
+    cls = getattr(errors_module, name, None) or (StageLost if name == "StageLost" else None)
     if isinstance(cls, type) and issubclass(cls, AimasterError):
         return cls(message)
     if name in ("ValueError", "TypeError"):

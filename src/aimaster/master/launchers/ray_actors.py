@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from aimaster.errors import ConfigError
 from aimaster.master.launcher import LogOptions, Worker, WorkerProcess, start_pump, worker_env
-from aimaster.master.launchers import Launcher
+from aimaster.master.launchers.base import Launcher
 
 BUFFER_CAP = 16 * 1024 * 1024  # per stream, in the actor, should the master stop reading for a while
 

@@ -21,7 +21,7 @@ from typing import Optional
 
 from aimaster.errors import ConfigError
 from aimaster.master.launcher import WorkerProcess, worker_name
-from aimaster.master.launchers import Launcher
+from aimaster.master.launchers.base import Launcher
 
 
 def allocation() -> str:

@@ -1,0 +1,59 @@
+"""The plan a planner returns and the one attempt at one slice a process holds (:class:`Claim`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from aimaster.data.outputs import OutputSink, StagedRef
+from aimaster.data.records import ClaimRecord
+from aimaster.data.store import dumps
+
+if TYPE_CHECKING:
+    from aimaster.data.coordinator import Dataset
+
+
+@dataclass
+class PlanData:
+    """What a planner returns: the dataset's size and, for file datasets, its file list."""
+
+    kind: str  # "files" or "table"
+    num_items: int
+    source: Dict[str, Any]
+    items: Optional[List[str]] = None
+
+
+@dataclass
+class Claim:
+    """One attempt at one slice, held by this process."""
+
+    dataset: Dataset
+    slice_id: str
+    index: int
+    attempt: str
+    attempt_no: int
+    lease_generation: int
+    claimed_at: float = field(default_factory=time.time)
+    outputs: List[Tuple[OutputSink, StagedRef]] = field(default_factory=list)
+    items: int = 0
+    backup: bool = False  # a speculative copy of a slice another worker holds
+    record: Optional[ClaimRecord] = None  # what our claim/copy key holds, to delete only our own
+    claim_latency: Optional[float] = None  # seconds the claim transaction took (for the histograms)
+    lost: bool = False  # adopted after its claim went to another attempt: it can never commit
+    stage_name: Optional[str] = None  # table outputs: the block name its staged rows go to
+
+    def add_output(self, sink: OutputSink, ref: StagedRef) -> None:
+        self.outputs.append((sink, ref))
+
+    def held_value(self) -> Optional[str]:
+        """The exact value our claim (or copy) key holds while this attempt holds it; None when the
+        attempt was never written (its commit then compares nothing of it). A lost attempt expects
+        a value no claim key ever holds, so its commit and release always fail."""
+        if self.lost:
+            return dumps({"lost": self.attempt})
+        return dumps(self.record.to_json()) if self.record is not None else None
+
+
+def slice_id_width(num_slices: int) -> int:
+    return max(6, len(str(max(num_slices - 1, 0))))

@@ -1,0 +1,265 @@
+"""Claiming a free slice, copying a held one (speculation), and waiting for one: the claim transitions."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+import uuid
+from typing import Any, Callable, List, Optional, Tuple
+
+from aimaster.data import OutOfRangeException, keys, records, speculation
+from aimaster.data.claim import Claim
+from aimaster.data.records import AttemptRecord, ClaimRecord, TodoRecord
+from aimaster.data.store import Compare, Op, loads
+
+log = logging.getLogger(__name__)
+
+CANDIDATES = 64  # claim among N free slices, at random, so workers rarely collide
+CLAIM_WINDOW = 1024  # slices spanned by one candidate read
+
+
+def names_attempt(responses: Any, key: str, attempt: str) -> bool:
+    """Whether the failure branch's read-back of ``key`` (its one ``get``) holds ``attempt``: a
+    retried transaction whose first try did apply finds its own record there."""
+    existing = responses[0] if responses else []
+    if not existing:
+        return False
+    value = loads(existing[0][0], key, expect=None)
+    return isinstance(value, dict) and value.get("at") == attempt
+
+
+class Claiming:
+    """Claims and speculative copies.
+
+    A part of :class:`~aimaster.data.coordinator.Dataset` (see that module for the state machine): it
+    works on the dataset's state, set up in ``Dataset.__init__``.
+    """
+
+    # ------------------------------------------------------------------ claim
+    def take_claimed_ahead(self) -> Optional[Claim]:
+        """The slice a commit claimed ahead (``commit(claim_next=True)``) and nobody asked for yet,
+        no longer reserved for the next :meth:`try_claim` (None: there is none)."""
+        claim, self._next = self._next, None
+        return claim
+
+    def try_claim(self) -> Optional[Claim]:
+        """Claim a free slice now, or return None if none is free."""
+        if self._next is not None:
+            claim, self._next = self._next, None
+            claim.claimed_at = time.time()
+            return claim
+        for _ in range(4 * CANDIDATES):
+            if not self._candidates:
+                self._refill_candidates()
+                if not self._candidates:
+                    return None
+            pick = self._pick()
+            sid, todo, mod_rev = self._candidates.pop(pick)
+            claim, ops = self._claim_ops(sid, todo)
+            t0 = time.monotonic()
+            if self._take(claim, f"claim slice {sid}", self.k.claim + sid,
+                          [Compare.mod(self.k.todo + sid) == mod_rev], ops):
+                claim.claim_latency = time.monotonic() - t0
+                return claim
+            # Lost to another worker: our window is contended; look elsewhere next time.
+            self._candidates = []
+        return None
+
+    def _new_attempt(self, sid: str, todo: TodoRecord) -> Tuple[Claim, AttemptRecord]:
+        """A new primary attempt at free slice ``sid`` (its todo record given): the Claim, whose
+        ``record`` is what the claim key will hold, and the ``attempts/<s>`` record to write."""
+        attempt_no = todo.attempts + 1
+        me = self.session.worker_id
+        attempt = f"{me}.{uuid.uuid4().hex[:8]}"
+        claim = Claim(self, sid, self.slice_index(sid), attempt, attempt_no, self.session.lease_generation,
+                      record=ClaimRecord(worker=me, attempt=attempt, attempt_no=attempt_no, started=time.time()))
+        return claim, AttemptRecord(attempts=attempt_no, worker=me, copies=0, error=todo.error)
+
+    def _claim_ops(self, sid: str, todo: TodoRecord) -> Tuple[Claim, list]:
+        """A new attempt at candidate ``sid``: its Claim and the operations besides the claim key's
+        own put that take it (the one builder, whether a claim is taken alone or inside a commit)."""
+        claim, attempts = self._new_attempt(sid, todo)
+        return claim, [Op.delete(self.k.todo + sid), Op.put(self.k.attempts + sid, attempts.to_json())]
+
+    def _piggyback(self, lease) -> Optional[Tuple[Claim, Any]]:
+        """A nested transaction claiming one more free slice, to ride inside a commit.
+
+        One transaction per slice instead of two: the commit of a slice also claims the next one
+        (when the caller will ask for it, as the SDK clients do), if that candidate is still free.
+        """
+        if not self._candidates:
+            self._refill_candidates()
+        while self._candidates:
+            sid, todo, mod_rev = self._candidates.pop(self._pick())
+            try:
+                claim, ops = self._claim_ops(sid, todo)
+            except ValueError:
+                continue
+            ops.insert(1, Op.put(self.k.claim + sid, claim.held_value(), lease=lease))
+            return claim, Op.txn([Compare.mod(self.k.todo + sid) == mod_rev], ops)
+        return None
+
+    def _pick(self) -> int:
+        """Which candidate to try: alone (standalone), in order; among peers, at random, so claims
+        rarely collide."""
+        return 0 if self.session.standalone else random.randrange(len(self._candidates))
+
+    def _refill_candidates(self) -> None:
+        """Candidate free slices: a random window of the todo keys, else the first ones.
+
+        Every worker reading the *first* free slices makes them all race for the same keys (each lost
+        race is a wasted transaction); a random, bounded window spreads them out, and a bounded key
+        range keeps the read cheap (etcd counts every key of a range, whatever the limit).
+        """
+        st, todo = self.store, self.k.todo
+        found: List[Tuple[str, bytes, Any]] = []
+        if not self.session.standalone and self.num_slices > CANDIDATES:
+            for _ in range(2):
+                r = random.randrange(self.num_slices)
+                end = r + CLAIM_WINDOW
+                found = self._todo_range(todo + self.slice_id(r),
+                                         todo + self.slice_id(end) if end < self.num_slices else None)
+                if found:
+                    break
+        if not found:
+            found = self._todo_range(todo, None)
+        self._candidates = []
+        for rel, raw, meta in found:
+            sid = rel[len(todo):]
+            if self._planned(sid) is None:
+                self._ignore(rel, "its slice id is not in the plan")
+                continue
+            self._candidates.append((sid, TodoRecord.tolerant(raw, st.key(rel)), meta.mod_revision))
+
+    def _todo_range(self, start_rel: str, end_rel: Optional[str]) -> List[Tuple[str, bytes, Any]]:
+        """Up to CANDIDATES todo keys from ``start_rel`` (raw values: one bad value spoils no claim)."""
+        # None: to the end of the todo prefix ("todo0" sorts right after every "todo/<slice>").
+        end = end_rel if end_rel is not None else self.k.todo[:-1] + chr(ord("/") + 1)
+        return self.store.raw_between(start_rel, end, CANDIDATES)
+
+    def _take(self, claim: Claim, what: str, rel: str, compare: list, ops: list) -> bool:
+        """Create ``rel`` (our attempt ``claim.record``, bound to our lease) with ``ops`` if ``compare`` holds.
+
+        The heartbeat goes in the same transaction, listing the new attempt, so the master always
+        knows which slices a worker held when it died.
+        """
+        st = self.store
+        session = self.session
+        session.track(claim)
+        try:
+            def txn(lease):
+                claim.lease_generation = session.lease_generation
+                success = [Op.put(rel, claim.held_value(), lease=lease), *ops]
+                if session.registered:
+                    success.append(Op.put(keys.beat(session.worker_id), session.beat_value("working"), lease=lease))
+                return st.txn(what, compare, success, [Op.get(rel)])
+
+            ok, responses = session.leased(txn)
+            if not ok:
+                # A retried transaction whose first try did apply: the key holds our own attempt.
+                ok = names_attempt(responses, st.key(rel), claim.attempt)
+        except BaseException:
+            session.untrack(claim)
+            raise
+        if not ok:
+            session.untrack(claim)
+        return ok
+
+    # ------------------------------------------------------------------ speculative copies
+    def _recent_durations(self) -> List[float]:
+        """Pooled recent slice durations of every worker in the job (cached briefly)."""
+        when, values = self._durations
+        if time.monotonic() - when > 2.0:
+            values = speculation.pooled_durations(self._advisory(keys.STATS).items())
+            self._durations = (time.monotonic(), values)
+        return values
+
+    def try_copy(self) -> Optional[Claim]:
+        """Start a speculative copy of the longest-running slice held by another worker, if worth it."""
+        if not self.speculation or self.max_copies < 1:
+            return None
+        me = self.session.worker_id
+        held = list(self._holds(self.k.claim))
+        if not held:
+            return None
+        # A holder waiting for slices (or done) has finished its slice and only not committed it yet.
+        beats = self._beats()
+        held = [(sid, rec, m) for sid, rec, m in held
+                if not records.beat_parks(beats.get(rec.worker), f"{self.ds_id}/{sid}")]
+        metas = {sid: meta for sid, _, meta in held}
+        mine = {sid for ds, sid, _ in list(self.session.claims) if ds == self.ds_id}
+        age_needed = speculation.min_age(self._recent_durations(), self.speculation_multiplier)
+        candidates = speculation.copy_candidates([(sid, rec.to_json()) for sid, rec, _ in held], me, mine,
+                                                 time.time(), age_needed)
+        for _, sid, record in candidates[:4]:
+            attempts, att_meta = self._attempts(sid)
+            if attempts is None or attempts.attempts != record["a"]:
+                continue  # the attempt we saw is over already
+            if attempts.error:
+                continue  # earlier attempts failed: a copy would more likely die the same way than win
+            if attempts.copies >= self.max_copies:
+                continue
+            try:
+                index = self.slice_index(sid)
+            except ValueError:
+                continue
+            attempt = f"{me}.{uuid.uuid4().hex[:8]}"
+            claim = Claim(self, sid, index, attempt, record["a"], self.session.lease_generation, backup=True,
+                          record=ClaimRecord(worker=me, attempt=attempt, attempt_no=record["a"], started=time.time(),
+                                             of=record.get("at")))
+            copied = dataclasses.replace(attempts, copies=attempts.copies + 1)
+            self.session.copies_started += 1
+            if self._take(claim, f"copy slice {sid}", self.k.backup_of(sid, me),
+                          [Compare.mod(self.k.claim + sid) == metas[sid].mod_revision,
+                           Compare.mod(self.k.attempts + sid) == att_meta.mod_revision,
+                           Compare.version(self.k.done + sid) == 0],
+                          [Op.put(self.k.attempts + sid, copied.to_json()),
+                           Op.put(keys.stats(me), self.session.stats_value())]):
+                log.info("aimaster: %s copies slice %s held by %s for %.1fs", me, sid, record.get("w"),
+                         time.time() - record["t"])
+                return claim
+            self.session.copies_started -= 1
+        return None
+
+    def next_claim(self, wait: bool = True, on_wait: Optional[Callable[[], Any]] = None) -> Claim:
+        """Claim the next free slice, waiting while others hold the rest.
+
+        ``on_wait`` runs before each pause; a truthy result (progress) skips the pause.
+        Raises OutOfRangeException once every slice is committed or failed, or once no slice can
+        come to this worker any more (see :meth:`nothing_left_for_me`).
+        """
+        delay = 0.05
+        while True:
+            claim = self.try_claim()
+            if claim is not None:
+                return claim
+            if self.is_complete():
+                self.session.beat("done")
+                self.finalize_unless_mastered()
+                raise OutOfRangeException(f"all {self.num_slices} slices of dataset {self.ds_id} are done")
+            if not wait:
+                return None
+            claim = self.try_copy()
+            if claim is not None:
+                return claim
+            # Waiting is not hanging: the master's hang detection leaves a waiting worker alone.
+            # Peers read this beat too: what a waiting worker holds is finished, not in progress.
+            self.session.beat("waiting")
+            if self.nothing_left_for_me():
+                if on_wait is not None and on_wait():
+                    continue  # our own slices in flight got committed: look again
+                self._ended_early = True
+                self.session.beat("done")
+                raise OutOfRangeException(
+                    f"no slice of dataset {self.ds_id} is left to hand out: the uncommitted ones are held by "
+                    f"this worker or by workers finishing theirs")
+            if time.monotonic() - self._last_reconcile > 1.0:
+                self._last_reconcile = time.monotonic()
+                if self.requeue_lost():
+                    continue
+            if on_wait is not None and on_wait():
+                continue  # the hook made progress (committed our own slices in flight): look again now
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)

@@ -1,0 +1,197 @@
+"""Completion: progress counts, the believed done/failed records, the agreed output sink, finalize."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Dict, Iterable, Optional, Tuple
+
+from aimaster.data import keys, records
+from aimaster.data.outputs import sink_from_description
+from aimaster.data.records import CommitRecord, FailureRecord
+from aimaster.data.store import Compare, Op, dumps, loads
+from aimaster.errors import ConfigError, EtcdDataError
+
+log = logging.getLogger(__name__)
+
+
+class Completion:
+    """Completion, the output sink and finalize.
+
+    A part of :class:`~aimaster.data.coordinator.Dataset` (see that module for the state machine): it
+    works on the dataset's state, set up in ``Dataset.__init__``.
+    """
+
+    # ------------------------------------------------------------------ progress
+    def counts(self) -> Dict[str, int]:
+        done, failed = self.completion()
+        st = self.store
+        return {
+            "total": self.num_slices,
+            "done": len(done),
+            "failed": len(set(failed) - set(done)),
+            "running": st.count(self.k.claim),
+            "todo": self._count_planned(self.k.todo),
+        }
+
+    def _count_planned(self, prefix: str) -> int:
+        """Keys under ``prefix`` within the plan's id range (ids outside it are not slices)."""
+        start, end = prefix + self.slice_id(0), prefix + self.slice_id(self.num_slices)
+        if len(self.slice_id(self.num_slices)) > self.plan["width"]:  # the range ends past the widest id
+            end = prefix + ":"  # ':' sorts right after '9'
+        return self.store.count_between(start, end)
+
+    def is_complete(self) -> bool:
+        """Every planned slice committed or failed, by records that validate (see :mod:`.records`).
+
+        Raw key counts come first: they are cheap, and forged keys can only inflate them, so a
+        count short of the plan settles it. Only a count that claims completion is checked key
+        by key.
+        """
+        st = self.store
+        if st.count(self.k.done) + st.count(self.k.failed) < self.num_slices:
+            return False
+        done, failed = self.completion()
+        return len(set(done) | set(failed)) >= self.num_slices
+
+    def completion(self) -> Tuple[Dict[str, int], Dict[str, int]]:
+        """(committed, failed): planned slice id -> mod revision of its record, validated.
+
+        Read incrementally (only records changed since the last call), so waiting workers and the
+        master can ask every round. A record outside the plan is ignored (and logged once); a record
+        of a planned slice that does not validate is refused with an error naming its key, since
+        that slice can then never be committed for real.
+        """
+        return self._scan("done"), self._scan("failed")
+
+    def _scan(self, kind: str) -> Dict[str, int]:
+        prefix = self.k.done if kind == "done" else self.k.failed
+        known = self._done if kind == "done" else self._failed
+        since = self._scanned_rev[kind]
+        if kind == "done":
+            # A commit taken back (its output died with an expired upload session) touches
+            # ``retaken``: what we cached may include it, so everything is read again.
+            _, meta = self.store.get_raw(self.k.retaken)  # only its revision counts
+            retaken = meta.mod_revision if meta is not None else 0
+            if retaken != self._retaken_rev:
+                self._retaken_rev, since = retaken, 0
+        if since and self.store.count(prefix) < len(known):
+            since = 0  # records vanished (deleted by hand): read everything again
+        if not since:
+            known.clear()
+            self._scanned_rev[kind] = 0
+        for sid, _, _, meta in self._believed(kind, self._records_since(prefix, since)):
+            self._scanned_rev[kind] = max(self._scanned_rev[kind], meta.mod_revision)
+            known[sid] = meta.mod_revision
+        return known
+
+    def _records_since(self, prefix: str, since: int) -> Iterable[Tuple[str, bytes, Any]]:
+        if not since:
+            return self.store.iter_prefix_chunks(prefix)  # in pages: the first read may be large
+        return self.store.changed_since(prefix, since)
+
+    def _planned(self, slice_id: str) -> Optional[int]:
+        return records.planned_index(slice_id, self.plan["width"], self.plan["num_slices"])
+
+    def _ignore(self, rel: str, why: str) -> None:
+        if rel not in self._ignored:
+            self._ignored.add(rel)
+            log.warning("aimaster: ignoring %s: %s", self.store.key(rel), why)
+
+    # ------------------------------------------------------------------ the output sink
+    def agreed_sink(self) -> Optional[Dict[str, Any]]:
+        """The dataset's output sink as agreed in etcd (None while no worker has written output)."""
+        if self._sink is None:
+            value = self.store.get_value(self.k.sink)
+            if value is not None and not isinstance(value.get("kind"), str):
+                raise EtcdDataError(f"value at {self.store.key(self.k.sink)} is not an output sink description")
+            self._sink = value
+        return self._sink
+
+    def agree_sink(self, description: Dict[str, Any]) -> None:
+        """Pin the dataset's output sink (the first writer's wins); refuse a worker writing elsewhere.
+
+        Commit records are only believed when they name this sink, so the finalizer (which
+        republishes from records alone) never touches a location outside the job's output.
+        """
+        current = self.agreed_sink()
+        if current is None:
+            current = self.propose_sink(description)
+        if dumps(current) != dumps(description):
+            raise ConfigError(f"dataset {self.ds_id} of this job writes its outputs to {dumps(current)}; this "
+                              f"worker's output is {dumps(description)} (use the same output, or a new --job-id)")
+
+    # ------------------------------------------------------------------ finalize
+    def committed(self) -> Iterable[Tuple[str, Dict[str, Any]]]:
+        """(slice id, record as written) of every validated commit, in slice order."""
+        for sid, _, value, _ in self._believed("done", self.store.iter_prefix_chunks(self.k.done)):
+            yield sid, value
+
+    def commits(self) -> Iterable[Tuple[str, CommitRecord]]:
+        """(slice id, :class:`CommitRecord`) of every validated commit, in slice order."""
+        for sid, record, _, _ in self._believed("done", self.store.iter_prefix_chunks(self.k.done)):
+            yield sid, record
+
+    def failed(self) -> Iterable[Tuple[str, Dict[str, Any]]]:
+        """(slice id, record as written) of every validated ``failed/`` record, in slice order."""
+        for sid, _, value, _ in self._believed("failed", self.store.iter_prefix_chunks(self.k.failed)):
+            yield sid, value
+
+    def _believed(self, kind: str, entries: Iterable[Tuple[str, bytes, Any]]):
+        """(slice id, record, its JSON, metadata) of the ``done``/``failed`` entries that validate:
+        one outside the plan is ignored (logged once); a record of a planned slice that does not
+        validate is refused, naming its key (that slice could never be committed for real)."""
+        prefix = self.k.done if kind == "done" else self.k.failed
+        for rel, raw, meta in entries:
+            sid = rel[len(prefix):]
+            if self._planned(sid) is None:
+                self._ignore(rel, "its slice id is not in the plan")
+                continue
+            key = self.store.key(rel)
+            value = loads(raw, key, expect=None)
+            # The agreed sink is read only for a record with outputs (one etcd read per record
+            # while none is agreed, e.g. every record of a job writing no outputs, added up).
+            record = (CommitRecord.from_json(value, key, sink=self.agreed_sink) if kind == "done"
+                      else FailureRecord.from_json(value, key))
+            yield sid, record, value, meta
+
+    def finalize_unless_mastered(self) -> None:
+        """Finalize now, unless a master runs the job: it finalizes once every worker has exited.
+
+        A worker finalizing while its peers still run moot attempts would race them: a losing copy
+        still uploading its MaxCompute block, or writing its staged file, could land after the
+        session was sealed or the staging area cleaned, and so be published. Only a job without
+        a master (standalone, or workers started by hand) finalizes from a worker.
+        """
+        raw, _ = self.store.get_raw(keys.MASTER)
+        if raw is None:
+            self.finalize()
+
+    def finalize(self) -> bool:
+        """Publish every committed output (again, idempotently) and close per-job sinks, once.
+
+        Run by the master once every worker has exited (see :meth:`finalize_unless_mastered`), or in
+        a job without a master by the first worker to see the dataset complete; it repairs a crash
+        between a commit and its publish.
+        Only the dataset's agreed sink is ever rebuilt: every record was checked to name it.
+        """
+        st = self.store
+        if st.get_value(self.k.finalized) is not None:
+            return True
+        ok, _ = self.session.leased(lambda lease: st.txn(
+            "take finalizer", [Compare.version(self.k.finalizing) == 0],
+            [Op.put(self.k.finalizing, {"w": self.session.worker_id}, lease=lease)]))
+        if not ok:
+            return False
+        try:
+            pairs = [(sid, out["ref"]) for sid, record in self.commits() for out in record.outputs]
+            description = self.agreed_sink()
+            if description is not None:
+                sink = sink_from_description(description)
+                for sid, ref in pairs:
+                    sink.publish(sid, ref)
+                sink.finalize(pairs)
+            st.put(self.k.finalized, {"t": time.time(), "w": self.session.worker_id})
+        finally:
+            st.delete(self.k.finalizing)
+        return True
