@@ -74,3 +74,16 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1, what: str 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def spy_on_fsync(monkeypatch) -> List[str]:
+    """The paths ``os.fsync`` is called on from now on (in this process), in order."""
+    synced: List[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return synced

@@ -14,7 +14,16 @@ import time
 import uuid
 
 import pytest
-from helpers import aimaster_cmd, assert_exactly_once, clean_env, make_files, program, run_aimaster, wait_for
+from helpers import (
+    aimaster_cmd,
+    assert_exactly_once,
+    clean_env,
+    make_files,
+    program,
+    run_aimaster,
+    spy_on_fsync,
+    wait_for,
+)
 
 from aimaster.errors import EtcdDataError, JobError
 from aimaster.io.files import STAGING_DIR, FileSink
@@ -386,14 +395,7 @@ def test_staging_and_publishing_fsync_their_directories(tmp_path, processes, mon
     inp, out = tmp_path / "in", tmp_path / "out"
     make_files(str(inp), 2, nested=False)
     client = PosixFileClient(PosixFileConfig(str(inp), str(out), 2))
-    synced = []
-    real_fsync = os.fsync
-
-    def spy(fd):
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        return real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
+    synced = spy_on_fsync(monkeypatch)
     client.get_next_slice()
     with client.open_slice_output(suffix=".txt") as f:
         f.write("a\n")

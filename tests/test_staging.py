@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from helpers import spy_on_fsync
 
 from aimaster.errors import EtcdDataError, TableIOError
 from aimaster.io.files import STAGING_DIR, FileSink
@@ -96,14 +97,7 @@ def test_the_directory_is_fsynced_after_the_rename(tmp_path, monkeypatch):
     out = tmp_path / "out"
     sink = FileSink(str(out))
     ref = _stage_file(sink, "000000", "w0.a", "zero\n")
-    synced = []
-    real_fsync = os.fsync
-
-    def spy(fd):
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        return real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
+    synced = spy_on_fsync(monkeypatch)
     sink.publish("000000", ref)
     assert str(out) in synced
 
