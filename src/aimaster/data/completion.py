@@ -137,6 +137,11 @@ class Completion:
         for sid, _, value, _ in self._believed("failed", self.store.iter_prefix_chunks(self.k.failed)):
             yield sid, value
 
+    def failures(self) -> Iterable[Tuple[str, FailureRecord]]:
+        """(slice id, :class:`FailureRecord`) of every validated ``failed/`` record, in slice order."""
+        for sid, record, _, _ in self._believed("failed", self.store.iter_prefix_chunks(self.k.failed)):
+            yield sid, record
+
     def _believed(self, kind: str, entries: Iterable[Tuple[str, bytes, Any]]):
         """(slice id, record, its JSON, metadata) of the ``done``/``failed`` entries that validate:
         one outside the plan is ignored (logged once); a record of a planned slice that does not

@@ -40,16 +40,12 @@ def attempt_ordinal(claim: Claim) -> str:
 
 
 def _stage_layout(dataset: Dataset) -> Tuple[int, bool]:
-    """(ordinals per attempt, whether the output is MaxCompute), from the agreed sink description."""
-    layout = getattr(dataset, "_stage_layout", None)
-    if layout is None:
-        description = dataset.agreed_sink() or {}
-        odps = description.get("kind") == "odps"
-        copies = description.get("copies_per_attempt", 1) if odps else 1
-        layout = (1 + (copies if isinstance(copies, int) and copies >= 0 else 1), odps)
-        if description:
-            dataset._stage_layout = layout
-    return layout
+    """(ordinals per attempt, whether the output is MaxCompute), from the agreed sink description
+    (which ``agreed_sink`` reads from etcd once, then keeps)."""
+    description = dataset.agreed_sink() or {}
+    odps = description.get("kind") == "odps"
+    copies = description.get("copies_per_attempt", 1) if odps else 1
+    return 1 + (copies if isinstance(copies, int) and copies >= 0 else 1), odps
 
 
 def _copy_slot(claim: Claim, slots: int) -> int:

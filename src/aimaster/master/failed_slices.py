@@ -45,11 +45,11 @@ def failed_rows(ds: Any) -> List[Dict[str, Any]]:
     """One row per failed (and not since committed) slice of ``ds``, in slice order."""
     done, _ = ds.completion()
     rows = []
-    for sid, record in ds.failed():
+    for sid, record in ds.failures():
         if sid in done:
             continue
-        row: Dict[str, Any] = {"dataset": ds.ds_id, "slice": sid, "error": record.get("e"),
-                               "attempts": record.get("a")}
+        row: Dict[str, Any] = {"dataset": ds.ds_id, "slice": sid, "error": record.error,
+                               "attempts": record.attempts}
         try:
             row["items"] = slice_items(ds, sid)
         except EtcdDataError as e:  # a file-list chunk gone bad: the row still says which slice

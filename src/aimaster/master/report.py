@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from aimaster.data.preemption import preempted_at
+from aimaster.data.records import CommitRecord
 from aimaster.errors import EtcdDataError
 from aimaster.master import failed_slices, runs
 from aimaster.master.failed_slices import item_summary
@@ -55,7 +56,7 @@ def assemble(run: RunRecord, state: str, view: JobView, dataset: Callable[[str],
             ds = dataset(d.ds_id)
             if ds is None:
                 continue
-            committed += list(ds.committed())
+            committed += list(ds.commits())
             failed += failed_slices.failed_rows(ds)  # with each slice's items (files or row range)
         except EtcdDataError as e:  # the reason already says it, if that is why the job fails
             view.ignored.append(str(e))
@@ -90,14 +91,14 @@ def assemble(run: RunRecord, state: str, view: JobView, dataset: Callable[[str],
     return report
 
 
-def attempts_summary(committed: Iterable[Tuple[str, Dict[str, Any]]]) -> Dict[str, Any]:
-    """How many attempts committed slices took (from their commit records)."""
+def attempts_summary(committed: Iterable[Tuple[str, CommitRecord]]) -> Dict[str, Any]:
+    """How many attempts committed slices took (from their validated commit records)."""
     counts: Dict[int, int] = {}
     copies_won = 0
     for _, record in committed:
-        a = record.get("a") if isinstance(record.get("a"), int) else 1
+        a = record.attempt_no if record.attempt_no is not None else 1
         counts[a] = counts.get(a, 0) + 1
-        copies_won += 1 if record.get("spec") else 0
+        copies_won += 1 if record.speculative else 0
     total = sum(counts.values())
     return {
         "first_try": counts.get(1, 0),

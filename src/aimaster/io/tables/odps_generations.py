@@ -36,6 +36,7 @@ import logging
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from aimaster.data.records import TodoRecord
 from aimaster.data.store import Compare, Op, loads
 from aimaster.io.tables.odps_sink import MAX_BLOCKS, MaxComputeSink, SessionClock
 
@@ -235,7 +236,7 @@ class UploadGenerations:
         # ``retaken`` changes with every take-back: a process caching which slices are committed
         # (the coordinator reads commit records incrementally) can see that one went away.
         ok, _ = self.store.txn(f"take back the commit of slice {slice_id}", [Compare.mod(done) == revision],
-                               [Op.delete(done), Op.put(k.todo + slice_id, {"a": attempts, "e": reason}),
+                               [Op.delete(done), Op.put(k.todo + slice_id, TodoRecord(attempts, reason).to_json()),
                                 Op.put(k.retaken, {"slice": slice_id, "t": time.time()})])
         if ok:
             self.reopened += 1
