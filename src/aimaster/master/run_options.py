@@ -60,25 +60,20 @@ class RunOptions:
     @property
     def settings(self) -> JobSettings:
         """These options' job settings: what the workers' environment and the job record carry."""
-        return replace(
-            DEFAULTS, lease_ttl=self.lease_ttl, max_slice_attempts=self.max_slice_attempts,
-            speculation=self.speculation, speculation_multiplier=self.speculation_multiplier,
-            max_slice_copies=self.max_slice_copies, hang_detection=self.hang_detection,
-            hang_interval=self.hang_interval, slice_timeout=self.slice_timeout,
-            slow_worker_multiplier=self.slow_multiplier, slow_worker_min_samples=self.slow_min_samples,
-            completion_grace=self.completion_grace, execution_mode=self.policy.execution_mode,
-            fault_tolerant_policy=self.policy.policy, max_num_of_same_error=self.policy.max_same_error,
-            fail_fast=self.policy.fail_fast, min_workers=self.min_workers, launch_interval=self.launch_interval,
-            log_max_bytes=self.log_max_bytes, log_backups=self.log_backups)
+        policy = self.policy
+        return replace(DEFAULTS, execution_mode=policy.execution_mode, fault_tolerant_policy=policy.policy,
+                       max_num_of_same_error=policy.max_same_error, fail_fast=policy.fail_fast,
+                       **{setting: getattr(self, option) for option, setting in _SETTINGS.items()})
 
     def with_settings(self, settings: JobSettings) -> RunOptions:
         """A copy of these options following ``settings`` (a joiner following the job record's)."""
-        return replace(
-            self, lease_ttl=settings.lease_ttl, max_slice_attempts=settings.max_slice_attempts,
-            speculation=settings.speculation, speculation_multiplier=settings.speculation_multiplier,
-            max_slice_copies=settings.max_slice_copies, hang_detection=settings.hang_detection,
-            hang_interval=settings.hang_interval, slice_timeout=settings.slice_timeout,
-            slow_multiplier=settings.slow_worker_multiplier, slow_min_samples=settings.slow_worker_min_samples,
-            completion_grace=settings.completion_grace, policy=fault_policy(settings),
-            min_workers=settings.min_workers, launch_interval=settings.launch_interval,
-            log_max_bytes=settings.log_max_bytes, log_backups=settings.log_backups)
+        return replace(self, policy=fault_policy(settings),
+                       **{option: getattr(settings, setting) for option, setting in _SETTINGS.items()})
+
+
+# RunOptions field -> the JobSettings field it carries (the fault policy's four travel as one object).
+_SETTINGS = {name: name for name in (
+    "lease_ttl", "max_slice_attempts", "speculation", "speculation_multiplier", "max_slice_copies",
+    "hang_detection", "hang_interval", "slice_timeout", "completion_grace", "min_workers", "launch_interval",
+    "log_max_bytes", "log_backups")}
+_SETTINGS.update(slow_multiplier="slow_worker_multiplier", slow_min_samples="slow_worker_min_samples")
