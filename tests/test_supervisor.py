@@ -17,6 +17,7 @@ from aimaster.master.actions import (
     GiveBack,
     KillWorker,
     Log,
+    RecordSliceError,
     Relaunch,
     ReplaceWorker,
     RestartAll,
@@ -26,6 +27,7 @@ from aimaster.master.hang import HangDetector
 from aimaster.master.job_state import EXIT_CODES, TERMINAL, JobState
 from aimaster.master.policy import FaultPolicy
 from aimaster.master.slice_timeout import STOP_REASON as SLICE_TIMEOUT
+from aimaster.master.slice_timeout import SliceTimeout
 from aimaster.master.slowness import SlowWorkerPolicy
 from aimaster.master.supervisor import JobFacts, Running, Supervisor, WorkerExit
 from aimaster.master.watch import WorkerInfo
@@ -204,6 +206,43 @@ def test_one_slow_worker_is_replaced_per_round_while_there_is_work_for_a_replace
     remote = [dataclasses.replace(w, adopted=True, local=False) if w.worker_id == "w2" else w for w in live]
     assert sup.slow(remote, 3, 20, {}, 3, durations, {}) == []  # not ours to signal
     assert supervisor().slow(live, 3, 20, {}, 3, durations, {}) == []  # replacement off
+
+
+def test_a_slow_joined_worker_is_handed_to_its_supervisor_while_work_is_left_and_replacements_are():
+    """Joined workers (``aimaster join``) are replaced by their own supervisor: the decision counts
+    the job's free slices against every live worker, and the job's replacements against its size."""
+    sup = supervisor(slow=SlowWorkerPolicy(multiplier=3.0, min_samples=5))
+    durations = {"j0": [1.0] * 5, "j1": [1.1] * 5, "j2": [10.0] * 5}
+    joined = [Running(w, 0, i, 0.0, adopted=True, local=False) for i, w in enumerate(("j0", "j1", "j2"))]
+    [replace] = sup.slow_joined(joined, todo=20, own_live=1, replaced=0, workers=1, durations=durations, inflight={})
+    assert replace.worker_id == "j2" and replace.pace == pytest.approx(10.0)
+    assert sup.slow_joined(joined, todo=3, own_live=1, replaced=0, workers=1, durations=durations, inflight={}) == []
+    assert sup.slow_joined(joined, 20, 1, replaced=3, workers=1, durations=durations, inflight={}) == []
+    stopping = [dataclasses.replace(w, stop_reason="hang") if w.worker_id == "j2" else w for w in joined]
+    assert sup.slow_joined(stopping, 20, 1, 0, 1, durations, {}) == []
+    assert supervisor().slow_joined(joined, 20, 1, 0, 1, durations, {}) == []  # replacement off
+
+
+def test_a_hang_kill_says_how_long_the_worker_was_idle():
+    sup = supervisor(hang=HangDetector(10))
+    t = 1000.0
+    infos = {"j0": WorkerInfo("j0", first_seen=t, last_progress=t, registered=True, beat={"state": "working"})}
+    [kill] = sup.hung([Running("j0", 0, 7, launched=t, adopted=True, local=False)], infos, now=t + 12.5)
+    assert kill.idle == pytest.approx(12.5)
+
+
+def test_an_overdue_attempt_is_recorded_then_its_worker_killed_unless_parked_or_not_ours():
+    timeout = SliceTimeout(30)
+    live = [Running("w0", 0, 11, 0.0), Running("w1", 1, 12, 0.0), Running("w2", 2, 13, 0.0, stop_reason="moot"),
+            Running("j0", 0, 14, 0.0, adopted=True, local=False)]
+    held = {"w0": [("ds", "000001", 31.0), ("ds", "000002", 5.0)], "w1": [("ds", "000003", 40.0)],
+            "w2": [("ds", "000004", 99.0)], "j0": [("ds", "000005", 99.0)]}
+    beats = {"w1": {"state": "waiting", "held": ["ds/000003"]}}  # finished, only not committed yet
+    record, kill = timeout.decide(live, held, beats)
+    assert record == RecordSliceError("ds", "000001", "w0", "attempt ran longer than --slice-timeout=30s and was "
+                                      "abandoned")
+    assert kill.worker_id == "w0" and kill.reason == SLICE_TIMEOUT and "holds ds/000001 (31s)" in kill.message
+    assert timeout.abandoned == 1
 
 
 def test_moot_workers_get_the_completion_grace_then_stop():

@@ -60,6 +60,17 @@ class KillWorker:
     worker_id: str
     reason: str
     message: Optional[str] = None
+    idle: Optional[float] = None  # a hung worker: seconds without progress (for the message of another applier)
+
+
+@dataclass(frozen=True)
+class RecordSliceError:
+    """Record ``error`` on a slice's latest attempt (the attempt is being abandoned, see --slice-timeout)."""
+
+    ds_id: str
+    slice_id: str
+    worker_id: str
+    error: str
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,8 @@ def apply(m, actions: Iterable[Any], worker: Optional[Worker] = None) -> Optiona
             if a.message:
                 m._log(a.message)
             m.fleet.kill(m.fleet.find(a.worker_id), a.reason)
+        elif isinstance(a, act.RecordSliceError):
+            on_slice(m, a.ds_id, a.slice_id, lambda ds, a=a: ds.record_error(a.slice_id, a.worker_id, a.error))
         elif isinstance(a, act.TerminateWorker):
             m.fleet.terminate(m.fleet.find(a.worker_id), a.reason, grace=a.grace)
         elif isinstance(a, act.ReplaceWorker):

@@ -256,7 +256,9 @@ class Master(JobEnd):
         if not complete:
             self._detect_hangs()
             if self.slice_timeout is not None:
-                self.slice_timeout.enforce(self, self._ds_ids(view))
+                held = self.slice_timeout.attempts(self.store, self._ds_ids(view))
+                beats = {wid: info.beat for wid, info in self.watch.workers.items()}
+                apply.apply(self, self.slice_timeout.decide([apply.running(w) for w in self.fleet.live()], held, beats))
             self._replace_slow(view)
         self._retire_replaced()
         if complete:
@@ -282,10 +284,6 @@ class Master(JobEnd):
             if code is not None:
                 return code
         return None
-
-    def _on_slice(self, ds_id: str, sid: str, action) -> None:
-        """For :mod:`aimaster.master.slice_timeout`: act on one slice, a malformed record only warned about."""
-        apply.on_slice(self, ds_id, sid, action)
 
     def _restart_all(self, cause: str) -> None:
         """Stop every worker we supervise and relaunch each in its slot, backing off by its own uptime."""

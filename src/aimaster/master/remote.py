@@ -14,7 +14,9 @@ import signal as signals
 import time
 from typing import Callable, Dict, List
 
+from aimaster.master import actions as act
 from aimaster.master.launcher import Worker
+from aimaster.master.supervisor import Running
 from aimaster.master.watch import WorkerWatch
 
 JOIN_LAUNCHER = "join:"
@@ -75,46 +77,51 @@ class JoinedWorkers:
 def supervise(master, view, complete: bool) -> None:
     """The master's hang detection, slow-worker replacement and moot-stops, for joined workers.
 
-    Each acts by stop request (``JoinedWorker.signal``); the worker's ``aimaster join`` kills or
-    replaces it and relaunches under the job's policy. Called once per round of the control loop.
+    The decisions are the supervisor's (:class:`~aimaster.master.supervisor.Supervisor`), taken on
+    what the master observes of them (registration, heartbeats, slice durations); they are carried
+    out by stop request (``JoinedWorker.signal``): the worker's ``aimaster join`` kills or replaces it
+    and relaunches under the job's policy. Called once per round of the control loop.
     """
-    live = [w for w in master.joined.refresh() if w.poll() is None and not w.stop_reason]
-    if not live:
+    joined = [w for w in master.joined.refresh() if w.poll() is None and not w.stop_reason]
+    if not joined:
         return
+    live = [Running(w.worker_id, w.slot, w.pid, w.launched, w.stop_reason, w.adopted, w.local) for w in joined]
+    sup, infos = master.supervisor, master.watch.workers
     if complete:
         since = master._complete_since if master._complete_since is not None else time.monotonic()
-        if time.monotonic() - since >= master.opts.completion_grace:
-            for w in live:
-                info = master.watch.get(w.worker_id)
-                if info is not None and info.registered and info.held:
-                    w.stop_reason = "moot"
-                    w.signal(signals.SIGTERM)
+        # A joined worker that never registered, or left its lease, is its supervisor's to reap.
+        apply_joined(master, [a for a in sup.moot(live, infos, since) if isinstance(a, act.TerminateWorker)])
         return
-    if master.hang is not None:
-        for w in live:
-            idle = master.hang.hung(w, master.watch.get(w.worker_id))
-            if idle is not None:
-                master._log(f"worker {w.worker_id} (pid {w.pid} on {w.host}) made no progress for {idle:.0f}s: "
+    actions = sup.hung(live, infos) if master.hang is not None else []
+    apply_joined(master, actions)
+    rest = [r for r in live if r.worker_id not in {a.worker_id for a in actions}]
+    inflight = {r.worker_id: master.watch.oldest_inflight(r.worker_id) for r in rest}
+    apply_joined(master, sup.slow_joined(rest, sum(d.todo for d in view.datasets), len(master.fleet.live()),
+                                         len(master.replaced), master.opts.workers, master.watch.durations(),
+                                         inflight))
+
+
+def apply_joined(master, actions: List) -> None:
+    """Carry out the supervisor's actions on joined workers, each as a stop request to its supervisor."""
+    for a in actions:
+        w = master.joined.workers.get(a.worker_id)
+        if w is None:
+            continue
+        if isinstance(a, act.KillWorker):
+            if a.reason == "hang":
+                master._log(f"worker {w.worker_id} (pid {w.pid} on {w.host}) made no progress for {a.idle or 0:.0f}s: "
                             f"asking its aimaster join to kill it (--job-hang-interval={master.opts.hang_interval:g})")
-                w.stop_reason = "hang"
-                w.signal(signals.SIGKILL)
-    _replace_slow(master, view, [w for w in live if not w.stop_reason])
-
-
-def _replace_slow(master, view, live: List[JoinedWorker]) -> None:
-    if not master.slow.enabled or not live:
-        return
-    if sum(d.todo for d in view.datasets) < len(master.fleet.live()) + len(live):
-        return  # little left to hand out: a replacement would come too late; speculation covers the tail
-    if len(master.replaced) >= max(1, master.opts.workers, len(live)):
-        return
-    inflight = {w.worker_id: master.watch.oldest_inflight(w.worker_id) for w in live}
-    found = master.slow.find([w.worker_id for w in live], master.watch.durations(), inflight)
-    for wid, pace, typical in found[:1]:
-        w = master.joined.workers[wid]
-        w.stop_reason = "slow"
-        w.signal(signals.SIGTERM)
-        master.relaunches["slow"] = master.relaunches.get("slow", 0) + 1
-        master.replaced.append(wid)
-        master._log(f"worker {wid} on {w.host} is slow ({pace:.2f}s per slice, its peers' median is "
-                    f"{typical:.2f}s): asking its aimaster join to replace it")
+            w.stop_reason = a.reason
+            w.signal(signals.SIGKILL)
+        elif isinstance(a, act.TerminateWorker):
+            w.stop_reason = a.reason
+            w.signal(signals.SIGTERM)
+        elif isinstance(a, act.ReplaceWorker):
+            w.stop_reason = "slow"
+            w.signal(signals.SIGTERM)
+            master.relaunches["slow"] = master.relaunches.get("slow", 0) + 1
+            master.replaced.append(a.worker_id)
+            master._log(f"worker {a.worker_id} on {w.host} is slow ({a.pace:.2f}s per slice, its peers' median is "
+                        f"{a.typical:.2f}s): asking its aimaster join to replace it")
+        else:
+            raise TypeError(f"not an action on a joined worker: {a!r:.80}")

@@ -30,10 +30,11 @@ What happens to an overdue attempt:
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from aimaster.data import records
 from aimaster.data.keys import DatasetKeys
+from aimaster.master import actions as act
 from aimaster.master import readback
 
 STOP_REASON = "slice-timeout"
@@ -44,7 +45,8 @@ def message(seconds: float) -> str:
 
 
 class SliceTimeout:
-    """Finds this supervisor's workers holding an attempt older than ``seconds``, and ends them."""
+    """Finds this supervisor's workers holding an attempt older than ``seconds``; :meth:`decide` says how
+    to end them (applied by :func:`aimaster.master.apply.apply`)."""
 
     BLIND_AFTER = 3.0  # a longer gap between rounds (etcd away, the master stopped) is not counted
 
@@ -81,22 +83,23 @@ class SliceTimeout:
         return [(ds, sid, age) for ds, sid, age in held
                 if age > self.seconds and not records.beat_parks(beat, f"{ds}/{sid}")]
 
-    def enforce(self, master: Any, ds_ids: Iterable[str]) -> None:
-        """One round: record the error on each overdue attempt, then kill the worker holding it."""
-        held = self.attempts(master.store, ds_ids)
-        for w in master.fleet.live():
-            if w.stop_reason or (w.adopted and not getattr(w, "local", False)):
+    def decide(self, live: Sequence[Any], held: Mapping[str, List[Tuple[str, str, float]]],
+               beats: Mapping[str, Any]) -> List[Any]:
+        """One round's actions on ``live`` workers (:class:`~aimaster.master.supervisor.Running`),
+        given the attempts each holds (:meth:`attempts`) and their heartbeats: for each worker with
+        an overdue attempt, record the error on each such slice, then kill the worker."""
+        out: List[Any] = []
+        for w in live:
+            if w.stop_reason or (w.adopted and not w.local):
                 continue  # already being stopped; or a worker we cannot signal (its own supervisor acts)
-            info = master.watch.get(w.worker_id)
-            late = self.overdue(held.get(w.worker_id, []), info.beat if info is not None else None)
+            late = self.overdue(held.get(w.worker_id, []), beats.get(w.worker_id))
             if not late:
                 continue
             text = message(self.seconds)
-            for ds_id, sid, _ in late:
-                master._on_slice(ds_id, sid, lambda ds, sid=sid, wid=w.worker_id, text=text:
-                                 ds.record_error(sid, wid, text))
+            out += [act.RecordSliceError(ds_id, sid, w.worker_id, text) for ds_id, sid, _ in late]
             self.abandoned += len(late)
             slices = ", ".join(f"{ds}/{sid} ({age:.0f}s)" for ds, sid, age in late)
-            master._log(f"worker {w.worker_id} (pid {w.pid}) holds {slices} past --slice-timeout="
-                        f"{self.seconds:g}s: killing it; the slice is handed out again")
-            master.fleet.kill(w, STOP_REASON)
+            out.append(act.KillWorker(w.worker_id, STOP_REASON, f"worker {w.worker_id} (pid {w.pid}) holds {slices} "
+                                      f"past --slice-timeout={self.seconds:g}s: killing it; the slice is handed "
+                                      f"out again"))
+        return out

@@ -208,7 +208,8 @@ class Supervisor:
             idle = self.hang.idle(w.launched, infos.get(w.worker_id), now)
             if idle is not None:
                 out.append(act.KillWorker(w.worker_id, "hang", f"worker {w.worker_id} (pid {w.pid}) made no progress "
-                                          f"for {idle:.0f}s: killing it (--job-hang-interval={self.hang.interval:g})"))
+                                          f"for {idle:.0f}s: killing it (--job-hang-interval={self.hang.interval:g})",
+                                          idle=idle))
         return out
 
     def slow(self, slot_workers: Sequence[Running], live: int, todo: int, replacements: Mapping[int, int],
@@ -223,6 +224,20 @@ class Supervisor:
             return []
         candidates = [w.worker_id for w in slot_workers
                       if not w.stop_reason and (not w.adopted or w.local) and replacements.get(w.slot, 0) < 2]
+        found = self.slow_policy.find(candidates, durations, {wid: inflight.get(wid, 0.0) for wid in candidates})
+        return [act.ReplaceWorker(wid, pace, typical) for wid, pace, typical in found[:1]]
+
+    def slow_joined(self, live: Sequence[Running], todo: int, own_live: int, replaced: int, workers: int,
+                    durations: Dict[str, List[float]], inflight: Mapping[str, float]) -> List[act.ReplaceWorker]:
+        """At most one slow joined worker (``aimaster join``) to have its supervisor replace this round.
+
+        Not when little is left to hand out (fewer free slices than workers), nor once the job has
+        had as many replacements as it has workers (ours, or joined ones).
+        """
+        if not self.slow_policy.enabled or not live or todo < own_live + len(live) \
+                or replaced >= max(1, workers, len(live)):
+            return []
+        candidates = [w.worker_id for w in live if not w.stop_reason]
         found = self.slow_policy.find(candidates, durations, {wid: inflight.get(wid, 0.0) for wid in candidates})
         return [act.ReplaceWorker(wid, pace, typical) for wid, pace, typical in found[:1]]
 
