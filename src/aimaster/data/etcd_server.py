@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 from aimaster.errors import AimasterError, EtcdUnavailableError
 
@@ -64,10 +64,16 @@ def _die_with_parent() -> None:
         pass
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(avoid: Iterable[int] = ()) -> int:
+    """A free port on loopback, none of ``avoid``: the kernel may hand the same port out twice in a
+    row (seen in a fresh network namespace), and etcd's client and peer ports must differ."""
+    avoid = set(avoid)
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
 
 
 def _url_host(host: str) -> str:
@@ -100,7 +106,7 @@ class EmbeddedEtcd:
             data_dir = self._tmp
         self.data_dir = data_dir
         self.client_port = client_port or free_port()
-        self.peer_port = free_port()
+        self.peer_port = free_port(avoid={self.client_port})
         self.log_path = log_path or os.path.join(data_dir, "etcd.log")
         self.extra_args = list(extra_args or [])
         self.tls = tls
