@@ -50,7 +50,10 @@ def test_a_job_longer_than_the_session_lifetime(tmp_path, job_tables, buffer_siz
 
 def test_a_job_resumes_after_its_upload_sessions_expired(tmp_path, job_tables):
     tables = job_tables("odps", 30 * SLICE)
-    env = clean_env(dict(tables.env, **_short_lived(tables.fake, 6.0)))
+    # L = 10 s, not 6: the resumed run must seal its own generations within 5L/8..L of their age, and
+    # on a loaded 2-core machine (slow-worker replacements, 11 s for the run) a 2.25 s window was missed.
+    lifetime = 10.0
+    env = clean_env(dict(tables.env, **_short_lived(tables.fake, lifetime)))
     state = tmp_path / "state"
     cmd = job_cmd(state, "resume", tables, SLICE, workers=2)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -75,7 +78,7 @@ def test_a_job_resumes_after_its_upload_sessions_expired(tmp_path, job_tables):
     # Slices are committed whose rows are still in an upload session nobody committed yet...
     assert any(tables.fake.upload_status(sid) == "normal" for sid in seen)
     tables.fake.expire_all()  # ... and the job stays down for longer than its sessions live
-    time.sleep(6.0 * 5 / 8)
+    time.sleep(lifetime * 5 / 8)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "resuming job resume" in r.stderr
