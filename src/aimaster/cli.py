@@ -17,7 +17,7 @@ from aimaster.errors import AimasterError, JobError
 from aimaster.etcd_flags import etcd_config
 from aimaster.job_ids import new_job_id
 from aimaster.master import retry
-from aimaster.master.commandline import check_command
+from aimaster.master.commandline import check_command, command_args
 from aimaster.master.job_state import TERMINAL, JobState
 from aimaster.master.launchers.options import launcher_from_options, launcher_options
 from aimaster.master.master import Master, connect
@@ -364,11 +364,7 @@ cli.add_command(engine_commands.slurm_group(run), "slurm")  # aimaster slurm scr
 
 
 def _command(command) -> List[str]:
-    command = list(command)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        raise click.UsageError("missing COMMAND (e.g. aimaster run -n 2 -- python infer.py)")
+    command = command_args(command, " (e.g. aimaster run -n 2 -- python infer.py)")
     check_command(command)  # before any job is registered: a typo leaves nothing behind
     return command
 

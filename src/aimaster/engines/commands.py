@@ -13,6 +13,7 @@ from aimaster.data import keys
 from aimaster.engines import k8s_manifests as manifests
 from aimaster.engines import slurm_script
 from aimaster.job_ids import new_job_id
+from aimaster.master.commandline import command_args
 
 _COMMAND = {"allow_interspersed_args": False}
 
@@ -24,12 +25,7 @@ class BadInput(click.ClickException):
 
 
 def _command(command) -> List[str]:
-    command = list(command)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        raise click.UsageError("missing COMMAND, the workers' program (e.g. -- python infer.py)")
-    return command
+    return command_args(command, ", the workers' program (e.g. -- python infer.py)")
 
 
 def _checked(check, value):

@@ -9,9 +9,22 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
+
+import click
 
 from aimaster.errors import ConfigError
+
+
+def command_args(command: Sequence[str], example: str) -> List[str]:
+    """The workers' COMMAND from a command line's trailing arguments (a leading ``--`` dropped);
+    a usage error naming ``example`` when there is none."""
+    command = list(command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise click.UsageError(f"missing COMMAND{example}")
+    return command
 
 
 def check_command(command: Sequence[str], env: Optional[Dict[str, str]] = None) -> None:
