@@ -409,3 +409,23 @@ def test_staging_and_publishing_fsync_their_directories(tmp_path, processes, mon
     assert path in synced and attempt_dir in synced, synced  # the library's file made durable
     assert synced.count(str(out)) == 2, synced  # each publish rename, before the staging dir goes
     assert sorted(os.listdir(out)) == ["000000.npy", "000000.txt"]
+
+
+def test_a_path_a_library_never_wrote_is_no_output_of_the_commit(tmp_path, processes):
+    """``slice_output_path()`` asked for, nothing written there (a slice with nothing to say): the
+    commit records no output for it, so publishing never meets a staged file that never was; a file
+    of the same slice that was written is published as usual."""
+    from aimaster.inference import PosixFileClient, PosixFileConfig
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_files(str(inp), 2, nested=False)
+    client = PosixFileClient(PosixFileConfig(str(inp), str(out), 2))
+    client.get_next_slice()
+    client.slice_output_path(suffix=".npy")  # never written
+    written = client.slice_output_path(suffix=".txt")
+    with open(written, "w") as f:
+        f.write("a\n")
+    assert client.commit_slice()
+    [(_, record)] = list(client._dataset.committed())
+    assert [o["ref"]["final"] for o in record["out"]] == ["000000.txt"]
+    assert sorted(os.listdir(out)) == ["000000.txt"]
