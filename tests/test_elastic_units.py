@@ -211,6 +211,7 @@ def test_error_messages_are_normalised_before_counting():
 
     assert len({normalise(message()) for _ in range(50)}) == 1
     assert normalise("publish of w7.18121538 failed") == normalise("publish of w1.ab12cd34 failed")
+    assert normalise("publish of w7.aeabbbfd failed") == normalise("publish of w1.ab12cd34 failed")  # no digit
     assert normalise("etcd at etcd-0.corp:2379 unreachable") == normalise("etcd at [::1]:2380 unreachable")
     assert normalise("poisoned input d3/f00057.txt") == normalise("poisoned input d1/f00001.txt")
     # What makes two errors different stays.

@@ -107,6 +107,8 @@ _VARIABLE = [
     # (so that "I/O" and "and/or" stay words)
     (re.compile(r"\b[a-z][a-z0-9+.-]*://\S+|(?<![\w.])(?:~|\.{1,2})?(?:/[^\s'\"`:;,()\[\]{}<>]+)+/?|"
                 r"\b[\w.-]+(?:/[\w.~-]+){2,}/?|\b[\w.-]+/[\w~-]*\.[\w.~-]+", re.I), "<path>"),
+    # an attempt id's random part (``<worker>.<8 hex>``): now and then it holds no digit at all
+    (re.compile(r"(?<=\w\.)[0-9a-f]{8}\b"), "N"),
     # numbers and whatever holds a digit and is 6+ long (an attempt id, a hash, a random name): one
     # tag, since a random hex id is now and then all digits
     (re.compile(r"\b0x[0-9a-f]+\b|\b(?=[\w-]*\d)[\w-]{6,}\b|\d+", re.I), "N"),
