@@ -91,7 +91,7 @@ class EtcdCluster:
         for entry in json.loads(text):
             status = entry["Status"]
             by_id[status["header"]["member_id"]] = entry["Endpoint"]
-            leaders.add(status["leader"])
+            leaders.add(status.get("leader", 0))  # absent (0, omitted by JSON) mid-election
         if len(leaders) != 1 or not leaders - {0}:
             return None
         endpoint = by_id.get(leaders.pop())
