@@ -124,10 +124,11 @@ def test_sigkilled_worker_prefetched_slices_come_back(tmp_path):
 
 def test_stream_waits_for_a_slice_held_elsewhere_and_reads_it_when_it_comes_back(tmp_path, job_env):
     """The readers end when nothing is free; the stream waits, requeues the slice of a dead worker
-    itself (no master here) and runs the DataLoader again over it."""
+    itself (no master here) and runs the DataLoader again over it. (No speculation: a copy of the
+    held slice would end the wait at once, see the next test.)"""
     inp, out = tmp_path / "in", tmp_path / "out"
     names = make_files(str(inp), 5 * SLICE, nested=False)
-    env = clean_env(dict(job_env, AIMASTER_LEASE_TTL="2"))
+    env = clean_env(dict(job_env, AIMASTER_LEASE_TTL="2", AIMASTER_SPECULATION="0"))
     holder = subprocess.Popen([sys.executable, program("race_worker.py"), str(inp), str(out), str(tmp_path), "X"],
                               env=dict(env, AIMASTER_WORKER_ID="X"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     reader = None
@@ -146,6 +147,39 @@ def test_stream_waits_for_a_slice_held_elsewhere_and_reads_it_when_it_comes_back
                 p.kill()
     assert reader.returncode == 0, stderr
     assert "committed=5 lost=0" in stdout
+    assert sorted(read_outputs(str(out))) == sorted(_expected_lines(str(inp), names))
+    _check_slices(str(out), names)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_stream_copies_a_slice_a_stalled_worker_holds_and_the_copy_wins(tmp_path, job_env, num_workers):
+    """At the tail the stream does not just wait for a slice another worker sits on: its readers start
+    a speculative copy (in a DataLoader worker, the consumer adopts the copy), the copy commits, and
+    the holder's own commit then loses. Every input is written once."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    names = make_files(str(inp), 5 * SLICE, nested=False)
+    env = clean_env(dict(job_env, AIMASTER_LEASE_TTL="5"))
+    holder = subprocess.Popen([sys.executable, program("race_worker.py"), str(inp), str(out), str(tmp_path), "X"],
+                              env=dict(env, AIMASTER_WORKER_ID="X"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    reader = None
+    try:
+        wait_for(lambda: (tmp_path / "X.ready").exists(), what="the holder to claim a slice")
+        reader = subprocess.Popen([sys.executable, program("torch_file_slices.py"), str(inp), str(out), str(SLICE),
+                                   str(num_workers), "fork"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        stdout, stderr = reader.communicate(timeout=90)
+        assert reader.returncode == 0, stderr
+        assert "committed=5 lost=0" in stdout, stdout + stderr
+        (tmp_path / "go").touch()
+        held_out, held_err = holder.communicate(timeout=60)
+    finally:
+        for p in (holder, reader):
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert "commit=False" in held_out, held_out + held_err
+    _, done, _ = _job_state(job_env["AIMASTER_ETCD_ENDPOINTS"], job_env["AIMASTER_JOB_ID"])
+    assert sum(1 for record in done.values() if record.get("spec")) == 1
     assert sorted(read_outputs(str(out))) == sorted(_expected_lines(str(inp), names))
     _check_slices(str(out), names)
 

@@ -29,7 +29,7 @@ from aimaster.master.policy import FaultPolicy
 from aimaster.master.slice_timeout import STOP_REASON as SLICE_TIMEOUT
 from aimaster.master.slice_timeout import SliceTimeout
 from aimaster.master.slowness import SlowWorkerPolicy
-from aimaster.master.supervisor import JobFacts, Running, Supervisor, WorkerExit
+from aimaster.master.supervisor import JobFacts, Running, Supervisor, WorkerExit, too_late
 from aimaster.master.watch import WorkerInfo
 
 RUNNING = JobFacts(complete=False)
@@ -206,6 +206,16 @@ def test_one_slow_worker_is_replaced_per_round_while_there_is_work_for_a_replace
     remote = [dataclasses.replace(w, adopted=True, local=False) if w.worker_id == "w2" else w for w in live]
     assert sup.slow(remote, 3, 20, {}, 3, durations, {}) == []  # not ours to signal
     assert supervisor().slow(live, 3, 20, {}, 3, durations, {}) == []  # replacement off
+    # Measured start-up: the two healthy workers hand out 20 slices of 1.05 s in 10.5 s.
+    assert sup.slow(live, 3, 20, {}, 3, durations, {}, startup=5.0) != []  # a replacement has 0.5 s to spare
+    assert sup.slow(live, 3, 20, {}, 3, durations, {}, startup=6.0) == []  # it would arrive too late
+
+
+def test_too_late_compares_the_time_the_healthy_workers_need_with_twice_the_start_up():
+    assert not too_late(todo=10, live=2, typical=1.0, startup=None)  # nothing measured yet
+    assert not too_late(todo=10, live=2, typical=1.0, startup=4.9)
+    assert too_late(todo=10, live=2, typical=1.0, startup=5.1)
+    assert too_late(todo=10, live=1, typical=1.0, startup=5.1)  # alone: its own share counts
 
 
 def test_a_slow_joined_worker_is_handed_to_its_supervisor_while_work_is_left_and_replacements_are():

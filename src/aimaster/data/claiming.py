@@ -7,7 +7,7 @@ import logging
 import random
 import time
 import uuid
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from aimaster.data import OutOfRangeException, keys, records, speculation
 from aimaster.data.claim import Claim
@@ -54,6 +54,7 @@ class Claiming:
             if not self._candidates:
                 self._refill_candidates()
                 if not self._candidates:
+                    self._note_drained()
                     return None
             pick = self._pick()
             sid, todo, mod_rev = self._candidates.pop(pick)
@@ -66,6 +67,27 @@ class Claiming:
             # Lost to another worker: our window is contended; look elsewhere next time.
             self._candidates = []
         return None
+
+    def _note_drained(self) -> None:
+        """No slice is free: say so, once (``ds/<ds>/drained``), so that readers holding slices they
+        claimed ahead give them back instead of keeping an idle peer waiting (see
+        :mod:`aimaster.frameworks.feed`). Advisory: a failed write only delays that."""
+        if self._drained_seen:
+            return
+        try:
+            self.store.txn("note that no slice is free", [Compare.version(self.k.drained) == 0],
+                           [Op.put(self.k.drained, {"w": self.session.worker_id, "t": round(time.time(), 3)})])
+            self._drained_seen = True
+        except Exception as e:  # noqa: BLE001 - advisory; the next failed claim tries again
+            log.debug("aimaster: could not note that dataset %s has no free slice (%s)", self.ds_id, e)
+
+    def drained(self) -> bool:
+        """Whether a worker of this run found no free slice: every slice was handed out at least once,
+        so what a reader holds beyond the slice it reads keeps somebody waiting. One key read (and
+        none once seen: the marker stays until the next run starts, see ``master.startup``)."""
+        if not self._drained_seen:
+            self._drained_seen = self.store.get_raw(self.k.drained)[0] is not None
+        return self._drained_seen
 
     def _new_attempt(self, sid: str, todo: TodoRecord) -> Tuple[Claim, AttemptRecord]:
         """A new primary attempt at free slice ``sid`` (its todo record given): the Claim, whose
@@ -176,15 +198,20 @@ class Claiming:
             self._durations = (time.monotonic(), values)
         return values
 
-    def try_copy(self) -> Optional[Claim]:
-        """Start a speculative copy of the longest-running slice held by another worker, if worth it."""
+    def _copy_targets(self) -> List[Tuple[str, Dict[str, Any], Any, AttemptRecord, Any]]:
+        """Slices held by other workers that are worth a speculative copy now, longest-running first:
+        ``(slice id, claim record, claim key metadata, attempts record, its metadata)``.
+
+        Not a slice whose holder is waiting (it finished it, only not committed yet), nor one whose
+        attempts failed before (a copy would more likely die the same way than win), nor one with
+        ``max_copies`` copies already.
+        """
         if not self.speculation or self.max_copies < 1:
-            return None
+            return []
         me = self.session.worker_id
         held = list(self._holds(self.k.claim))
         if not held:
-            return None
-        # A holder waiting for slices (or done) has finished its slice and only not committed it yet.
+            return []
         beats = self._beats()
         held = [(sid, rec, m) for sid, rec, m in held
                 if not records.beat_parks(beats.get(rec.worker), f"{self.ds_id}/{sid}")]
@@ -193,18 +220,30 @@ class Claiming:
         age_needed = speculation.min_age(self._recent_durations(), self.speculation_multiplier)
         candidates = speculation.copy_candidates([(sid, rec.to_json()) for sid, rec, _ in held], me, mine,
                                                  time.time(), age_needed)
+        out = []
         for _, sid, record in candidates[:4]:
             attempts, att_meta = self._attempts(sid)
             if attempts is None or attempts.attempts != record["a"]:
                 continue  # the attempt we saw is over already
-            if attempts.error:
-                continue  # earlier attempts failed: a copy would more likely die the same way than win
-            if attempts.copies >= self.max_copies:
+            if attempts.error or attempts.copies >= self.max_copies:
                 continue
             try:
-                index = self.slice_index(sid)
+                self.slice_index(sid)
             except ValueError:
                 continue
+            out.append((sid, record, metas[sid], attempts, att_meta))
+        return out
+
+    def copy_worth_taking(self) -> bool:
+        """Whether :meth:`try_copy` would find a slice to copy now (it reads, takes nothing): a
+        consumer whose readers do the claiming asks before starting them again."""
+        return bool(self._copy_targets())
+
+    def try_copy(self) -> Optional[Claim]:
+        """Start a speculative copy of the longest-running slice held by another worker, if worth it."""
+        me = self.session.worker_id
+        for sid, record, meta, attempts, att_meta in self._copy_targets():
+            index = self.slice_index(sid)
             attempt = f"{me}.{uuid.uuid4().hex[:8]}"
             claim = Claim(self, sid, index, attempt, record["a"], self.session.lease_generation, backup=True,
                           record=ClaimRecord(worker=me, attempt=attempt, attempt_no=record["a"], started=time.time(),
@@ -212,11 +251,13 @@ class Claiming:
             copied = dataclasses.replace(attempts, copies=attempts.copies + 1)
             self.session.copies_started += 1
             if self._take(claim, f"copy slice {sid}", self.k.backup_of(sid, me),
-                          [Compare.mod(self.k.claim + sid) == metas[sid].mod_revision,
+                          [Compare.mod(self.k.claim + sid) == meta.mod_revision,
                            Compare.mod(self.k.attempts + sid) == att_meta.mod_revision,
                            Compare.version(self.k.done + sid) == 0],
                           [Op.put(self.k.attempts + sid, copied.to_json()),
-                           Op.put(keys.stats(me), self.session.stats_value())]):
+                           # A reading child's session is no worker: its consumer counts the copy.
+                           *([Op.put(keys.stats(me), self.session.stats_value())] if self.session.registered
+                             else [])]):
                 log.info("aimaster: %s copies slice %s held by %s for %.1fs", me, sid, record.get("w"),
                          time.time() - record["t"])
                 return claim

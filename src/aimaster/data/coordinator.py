@@ -95,4 +95,5 @@ class Dataset(Planning, Claiming, Committing, InFlight, Completion, Handovers):
         self._sink: Optional[Dict[str, Any]] = None  # the dataset's agreed output sink, once known
         self._agreed: set = set()  # ids of the sink objects checked against it
         self._ended_early = False  # OutOfRange was raised while this worker still held slices
+        self._drained_seen = False  # see Claiming.drained
         session.datasets.setdefault(ds_id, self)  # its claims are given back on SIGTERM

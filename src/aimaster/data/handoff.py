@@ -1,5 +1,9 @@
 """Giving back a slice that was claimed ahead but never started.
 
+Two kinds of such claims: the one a commit claimed for the next ``get_next_slice()``, and those a
+framework reader (:mod:`aimaster.frameworks.feed`) queued ahead of the slice it reads, which it gives
+back once no slice is free, so that an idle peer takes them instead of waiting.
+
 A commit may claim the next free slice in its own transaction (``Dataset.commit(claim_next=True)``,
 one round trip per slice instead of two) for a ``get_next_slice()`` that is expected to follow. When
 the program ends without asking for it, that claim must not wait for the lease to expire, nor count
@@ -24,8 +28,17 @@ def give_back_unstarted(dataset: Dataset) -> Optional[Claim]:
     claim = dataset.take_claimed_ahead()
     if claim is None:
         return None
+    give_back_claim(dataset, claim)
+    return claim
+
+
+def give_back_claim(dataset: Dataset, claim: Claim) -> None:
+    """Return one never-started claim's slice to todo, uncounted (see :func:`give_back_unstarted`).
+
+    A speculative copy gives back only itself (the attempt it shadows goes on); an attempt whose
+    claim moved meanwhile is released as any attempt is.
+    """
     dataset.session.untrack(claim)
-    if claim.record is None or claim.lost or not dataset.give_back_uncounted(
+    if claim.backup or claim.record is None or claim.lost or not dataset.give_back_uncounted(
             claim.slice_id, dataset.k.claim + claim.slice_id, None, claim.record):
         dataset.release(claim)
-    return claim

@@ -77,19 +77,19 @@ class Handovers:
         The key is re-put only if it still holds the reader's attempt (compared by revision), so an
         attempt that already lost its claim never steals the newer one: it comes back ``lost`` and can
         never commit. Where the adoption itself failed (etcd away), the claim stays the reader's and
-        commits only while the reader's claim lives.
+        commits only while the reader's claim lives. A speculative copy the reader started moves from
+        the reader's copy key to ours (a copy commits only through its own worker's key).
         """
         session = self.session
         claim = Claim(dataset=self, slice_id=slice_id, index=self.slice_index(slice_id), attempt=attempt,
                       attempt_no=attempt_no, lease_generation=session.lease_generation)
         rel = self.k.claim + slice_id
-        key = self.store.key(rel)
-        raw, meta = self.store.get_raw(rel)
-        try:
-            theirs = ClaimRecord.from_json(raw, key) if raw is not None else None
-        except EtcdDataError:
-            theirs = None
+        theirs, meta = self._claim_record(rel)
         if theirs is None or theirs.attempt != attempt:
+            copy_rel = self.k.backup_of(slice_id, attempt.rpartition(".")[0])
+            copy, copy_meta = self._claim_record(copy_rel)
+            if copy is not None and copy.attempt == attempt:
+                return self._adopt_copy(claim, copy_rel, copy, copy_meta)
             log.warning("aimaster: slice %s reached the consumer after its claim was lost; its output will not "
                         "be committed", slice_id)
             claim.lost = True  # matches no claim key: the commit fails, the output is dropped
@@ -107,6 +107,39 @@ class Handovers:
         claim.record = ours if ok else theirs  # release() deletes the claim key only while it holds it
         if ok:
             session.track(claim)
+        return claim, bool(ok)
+
+    def _claim_record(self, rel: str) -> Tuple[Optional[ClaimRecord], Any]:
+        """The claim (or copy) record at ``rel`` and its metadata; None for no key or a bad value."""
+        raw, meta = self.store.get_raw(rel)
+        try:
+            return (ClaimRecord.from_json(raw, self.store.key(rel)) if raw is not None else None), meta
+        except EtcdDataError:
+            return None, meta
+
+    def _adopt_copy(self, claim: Claim, copy_rel: str, theirs: ClaimRecord, meta: Any) -> Tuple[Claim, bool]:
+        """Move a reader's speculative copy to our own copy key, in one transaction; a copy we could
+        not move cannot commit (only its worker's key counts), so it comes back ``lost``."""
+        session, sid = self.session, claim.slice_id
+        ours_rel = self.k.backup_of(sid, session.worker_id)
+        ours = ClaimRecord(worker=session.worker_id, attempt=claim.attempt, attempt_no=theirs.attempt_no,
+                           started=theirs.started, of=theirs.of, via=theirs.worker)
+        claim.backup = True
+        try:
+            ok, _ = session.leased(lambda lease: self.store.txn(
+                f"adopt copy of slice {sid}",
+                [Compare.mod(copy_rel) == meta.mod_revision, Compare.version(ours_rel) == 0,
+                 Compare.version(self.k.done + sid) == 0],
+                [Op.delete(copy_rel), Op.put(ours_rel, ours.to_json(), lease=lease)]))
+        except Exception as e:  # noqa: BLE001 - a copy is optional; the primary goes on
+            log.warning("aimaster: could not adopt the copy of slice %s (%s); it is dropped", sid, e)
+            ok = False
+        if ok:
+            claim.record = ours
+            session.track(claim)
+            session.copies_started += 1  # the reader's session is no worker; its consumer counts it
+        else:
+            claim.lost = True
         return claim, bool(ok)
 
     def take_copy_slot(self, claim: Claim, slots: int) -> Optional[int]:

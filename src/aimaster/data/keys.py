@@ -27,6 +27,8 @@ Everything lives under ``/aimaster/v1/jobs/<job-id>/``::
     ds/<ds>/inputchecker        the one process of a run listing the input again (bound to its lease)
     ds/<ds>/sink                the dataset's output sink (its description), agreed by the first
                                 writer; commit records naming any other location are refused
+    ds/<ds>/drained             a worker of this run found no free slice: readers give back the slices
+                                they claimed ahead and claim only on demand (deleted when a run starts)
     ds/<ds>/finalized           outputs of the whole dataset published (and sessions committed)
     ds/<ds>/retaken             changed whenever a commit is taken back (its output died with an
                                 expired MaxCompute upload session): cached completion is re-read
@@ -124,6 +126,7 @@ class DatasetKeys:
         self.done = self.base + "done/"
         self.failed = self.base + "failed/"
         self.finalized = self.base + "finalized"
+        self.drained = self.base + "drained"
         self.finalizing = self.base + "finalizing"
         self.sink = self.base + "sink"
         self.retaken = self.base + "retaken"

@@ -5,21 +5,30 @@ worker, the main process, TensorFlow's generator thread). A background thread cl
 and loads its content (the file list, the table rows) so that neither the etcd round trip nor the
 read sits between two slices; at most ``prefetch`` slices are claimed beyond the one being consumed.
 
+Near the end nothing may be hoarded: once a worker finds no free slice (the dataset's ``drained``
+marker, :meth:`~aimaster.data.coordinator.Dataset.drained`), the slices queued here and not yet
+handed out go straight back to todo, uncounted, for whichever worker is free first, and from then on
+the feed claims only when its reader asks. When nothing is free it starts a speculative copy of a
+slice that another worker has been on for too long, as ``get_next_slice()`` does.
+
 The feed never waits for slices that other workers hold: when nothing is free it ends. Waiting
 there would deadlock, because the reader may still hold items of its last slice in a half-built batch
 that only reaches the consumer, and so gets committed, once the reader's stream ends. The consumer
-(:mod:`aimaster.frameworks.stream`) waits instead, and starts the pipeline again if slices come back.
+(:mod:`aimaster.frameworks.stream`) waits instead, and starts the pipeline again if slices come back
+or a copy is worth starting.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
+import time
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import aimaster.frameworks.claims as claims_module
 from aimaster.data.coordinator import Claim, Dataset
+from aimaster.data.handoff import give_back_claim
 from aimaster.errors import ConfigError
 from aimaster.frameworks.claims import SliceSpec
 
@@ -28,6 +37,7 @@ log = logging.getLogger(__name__)
 Loader = Callable[[Dataset, Claim], Any]
 _END = object()
 _JOIN_S = 10.0
+CHECK_S = 0.5  # how often a feed with slices queued asks whether any worker found none free
 
 
 class UnusableSlice(Exception):
@@ -73,38 +83,48 @@ class SliceFeed:
     def __iter__(self) -> Iterator[Tuple[Claim, Any]]:
         check_tracked(self.spec)
         dataset = claims_module.reading_dataset(self.spec)
-        slots = threading.Semaphore(self.prefetch + 1)
-        ready: queue.Queue = queue.Queue()
-        stop = threading.Event()
-        thread = threading.Thread(target=self._fill, args=(dataset, slots, ready, stop),
-                                  name="aimaster-slice-prefetch", daemon=True)
+        queue = _Queue(self.prefetch)
+        thread = threading.Thread(target=self._fill, args=(dataset, queue), name="aimaster-slice-prefetch",
+                                  daemon=True)
         thread.start()
         try:
             while True:
-                entry = ready.get()
+                entry = queue.take()
                 if entry is _END:
                     return
                 if isinstance(entry, BaseException):
                     raise entry
                 yield entry
-                slots.release()  # the consumer came back for more: that slice is fully read
         finally:
-            stop.set()
+            queue.stop()
             thread.join(_JOIN_S)
-            self._give_back(dataset, ready)
+            for claim, _ in queue.take_back():
+                _give_back(dataset, claim)  # claimed ahead, never handed out: back at once, uncounted
 
-    def _fill(self, dataset: Dataset, slots: threading.Semaphore, ready: queue.Queue,
-              stop: threading.Event) -> None:
+    def _fill(self, dataset: Dataset, queue: _Queue) -> None:
+        last_check = 0.0
         try:
-            while not stop.is_set():
-                if not slots.acquire(timeout=0.1):
+            while True:
+                wanted = queue.wait_for_demand(CHECK_S)
+                if wanted is None:
+                    return  # stopped
+                if not wanted:
+                    if queue.queued() and time.monotonic() - last_check >= CHECK_S:
+                        last_check = time.monotonic()
+                        with claims_module.session_lock(dataset.session):
+                            drained = dataset.drained()
+                        if drained:
+                            for claim, _ in queue.take_back(on_demand=True):
+                                log.debug("aimaster: no slice is free; giving back slice %s claimed ahead",
+                                          claim.slice_id)
+                                _give_back(dataset, claim)
                     continue
-                if stop.is_set():
-                    return
                 with claims_module.session_lock(dataset.session):
                     claim = dataset.try_claim()
+                    if claim is None:
+                        claim = dataset.try_copy()
                 if claim is None:
-                    ready.put(_END)
+                    queue.put(_END)
                     return
                 claims_module.remember(claim)
                 try:
@@ -112,29 +132,102 @@ class SliceFeed:
                 except UnusableSlice as e:
                     log.warning("aimaster: slice %s: %s; giving it back", claim.slice_id, e)
                     _release(dataset, claim, str(e))
-                    slots.release()
                     continue
                 except BaseException as e:
                     _release(dataset, claim, f"{type(e).__name__}: {e}")
-                    ready.put(e)
+                    queue.put(e)
                     return
-                if stop.is_set():
-                    _release(dataset, claim)
+                if not queue.put((claim, content)):
+                    _give_back(dataset, claim)  # stopped meanwhile
                     return
-                ready.put((claim, content))
         except BaseException as e:  # noqa: BLE001 - surfaced in the reading thread
-            ready.put(e)
+            queue.put(e)
 
-    @staticmethod
-    def _give_back(dataset: Dataset, ready: queue.Queue) -> None:
-        """Slices claimed ahead but never handed out go back at once (not after the lease TTL)."""
-        while True:
-            try:
-                entry = ready.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(entry, tuple):
-                _release(dataset, entry[0])
+
+class _Queue:
+    """The slices one feed claimed ahead, between its claiming thread and its reader.
+
+    The reader takes entries in order; the claiming thread adds one whenever fewer than
+    ``prefetch + 1`` are out (queued, or the one being read: the reader coming back for more means
+    that one is fully read), or, once ``on_demand`` is set, only when the reader waits with nothing
+    queued. :meth:`take_back` empties the queue: whatever the reader did not take is the caller's.
+    """
+
+    def __init__(self, prefetch: int):
+        self._cv = threading.Condition()
+        self._entries: collections.deque = collections.deque()
+        self._slots = prefetch + 1
+        self._reading = False  # the reader holds an entry it has not come back from
+        self._waiting = False  # the reader waits for an entry
+        self._stopped = False
+        self.on_demand = False
+
+    def take(self) -> Any:
+        with self._cv:
+            self._reading = False
+            self._waiting = True
+            self._cv.notify_all()
+            while not self._entries:
+                self._cv.wait()
+            self._waiting = False
+            entry = self._entries.popleft()
+            self._reading = isinstance(entry, tuple)
+            return entry
+
+    def put(self, entry: Any) -> bool:
+        """Queue an entry; False (not queued) once stopped, except for the end marker and errors."""
+        with self._cv:
+            if self._stopped and isinstance(entry, tuple):
+                return False
+            self._entries.append(entry)
+            self._cv.notify_all()
+            return True
+
+    def _demand(self) -> bool:
+        if self.on_demand:
+            return self._waiting and not self._entries
+        return len(self._entries) + (1 if self._reading else 0) < self._slots
+
+    def wait_for_demand(self, timeout: float) -> Optional[bool]:
+        """True when an entry is wanted now, False after ``timeout`` without demand, None once stopped."""
+        with self._cv:
+            if not self._stopped and not self._demand():
+                self._cv.wait(timeout)
+            if self._stopped:
+                return None
+            return self._demand()
+
+    def queued(self) -> int:
+        with self._cv:
+            return sum(1 for e in self._entries if isinstance(e, tuple))
+
+    def take_back(self, on_demand: bool = False) -> List[Tuple[Claim, Any]]:
+        """Every queued slice, no longer queued; ``on_demand``: claim only when asked from now on."""
+        with self._cv:
+            if on_demand:
+                self.on_demand = True
+            taken = [e for e in self._entries if isinstance(e, tuple)]
+            kept = [e for e in self._entries if not isinstance(e, tuple)]
+            self._entries.clear()
+            self._entries.extend(kept)
+            self._cv.notify_all()
+            return taken
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify_all()
+
+
+def _give_back(dataset: Dataset, claim: Claim) -> None:
+    """A slice claimed ahead and never handed out goes back to todo at once, its attempt uncounted."""
+    claims_module.forget(claim)
+    try:
+        with claims_module.session_lock(dataset.session):
+            give_back_claim(dataset, claim)
+    except Exception as e:  # noqa: BLE001 - the lease returns it anyway
+        log.warning("aimaster: could not give slice %s back (%s); it returns when the lease expires",
+                    claim.slice_id, e)
 
 
 def _release(dataset: Dataset, claim: Claim, error: Optional[str] = None) -> None:

@@ -231,8 +231,9 @@ class SliceStream:
                 log.warning("aimaster: could not give slice %s back (%s)", held.claim.slice_id, e)
 
     def _more_coming(self, poll: float = 0.05) -> bool:
-        """Wait until a slice is free (True) or none can come to us any more (False), like ``next_claim``:
-        every slice is done, or the rest are held by workers that have finished them."""
+        """Wait until a slice is free or worth a speculative copy (True: the readers will take it) or
+        none can come to us any more (False), like ``next_claim``: every slice is done, or the rest
+        are held by workers that have finished them."""
         ds = self._dataset
         delay, last_reconcile = poll, 0.0
         while True:
@@ -242,6 +243,8 @@ class SliceStream:
             if ds.store.count(ds.k.todo) > 0:
                 return True
             with self._lock:
+                if ds.copy_worth_taking():
+                    return True
                 ds.session.beat("waiting")  # peers see that what we hold is finished
             if ds.nothing_left_for_me():
                 return False

@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -321,7 +322,17 @@ class Master(JobEnd):
         inflight = {w.worker_id: self.watch.oldest_inflight(w.worker_id) for w in slot_workers}
         apply.apply(self, self.supervisor.slow(slot_workers, len(self.fleet.live()), sum(d.todo for d in view.datasets),
                                                self.fleet.replacements, self.opts.workers, self.watch.durations(),
-                                               inflight))
+                                               inflight, self._startup_seconds()))
+
+    def _startup_seconds(self) -> Optional[float]:
+        """The median time this run's workers took from launch to registration (None: none yet).
+        Adopted workers were launched by another master: their start is unknown."""
+        took = []
+        for w in self.fleet.all():
+            info = self.watch.get(w.worker_id)
+            if not w.adopted and info is not None and info.registered_at is not None:
+                took.append(max(0.0, info.registered_at - w.launched))
+        return statistics.median(took) if took else None
 
     def _retire_replaced(self) -> None:
         slow = []

@@ -84,6 +84,8 @@ def become_master(m) -> Optional[int]:
     m.generation = previous.get("generation", 0) + 1
     # A stop request was for the run it stopped; this run starts afresh.
     control.clear_stop(m.store)
+    if previous:
+        clear_drained(m.store)
     # With --min-workers above 1 the job is Pending until that many workers are registered.
     m.job_state = JobState.PENDING if m.opts.min_workers > 1 else JobState.RUNNING
     m.job_record = dict(previous)
@@ -99,6 +101,14 @@ def become_master(m) -> Optional[int]:
     if previous:
         m._log(f"resuming job {m.opts.job_id} (run {m.generation})")
     return None
+
+
+def clear_drained(store) -> None:
+    """Delete the last run's ``drained`` markers (:meth:`Dataset.drained`): slices its workers held
+    come back to todo now, and this run's readers should claim ahead again until they run out."""
+    for rel in store.keys(keys.DATASETS):
+        if rel.endswith("/drained"):
+            store.delete(keys.DATASETS + rel)
 
 
 def stand_by(m) -> Optional[int]:

@@ -111,6 +111,14 @@ class EndFacts:
     workers: int  # -n
 
 
+def too_late(todo: int, live: int, typical: float, startup: Optional[float]) -> bool:
+    """Whether the ``live - 1`` healthy workers, each taking ``typical`` seconds a slice, will have
+    handed out the ``todo`` free slices within twice a worker's ``startup`` (None: not known yet)."""
+    if startup is None:
+        return False
+    return todo * typical / max(1, live - 1) < 2 * startup
+
+
 class Supervisor:
     """The per-round decisions of one supervisor (the master, or an ``aimaster join``)."""
 
@@ -213,18 +221,26 @@ class Supervisor:
         return out
 
     def slow(self, slot_workers: Sequence[Running], live: int, todo: int, replacements: Mapping[int, int],
-             workers: int, durations: Dict[str, List[float]], inflight: Mapping[str, float]) -> List[act.ReplaceWorker]:
+             workers: int, durations: Dict[str, List[float]], inflight: Mapping[str, float],
+             startup: Optional[float] = None) -> List[act.ReplaceWorker]:
         """At most one slow worker to replace this round (``--slow-worker-multiplier``).
 
         Not when little is left to hand out (a replacement would arrive too late; speculation covers
         the tail), nor once the job has had as many replacements as workers, nor for a slot replaced
         twice already, nor for a worker we cannot signal.
+
+        "Too late" is also measured: ``startup`` is how long this run's workers took from launch to
+        registration. When the healthy workers will have handed out the free slices in less than
+        twice that, a replacement would spend its start-up taking cores (on a shared host) or
+        time from them, then find almost nothing left; the slow worker's few slices are the tail,
+        which speculation and the readers' hand-back take care of.
         """
         if not self.slow_policy.enabled or todo < live or sum(replacements.values()) >= max(1, workers):
             return []
         candidates = [w.worker_id for w in slot_workers
                       if not w.stop_reason and (not w.adopted or w.local) and replacements.get(w.slot, 0) < 2]
         found = self.slow_policy.find(candidates, durations, {wid: inflight.get(wid, 0.0) for wid in candidates})
+        found = [f for f in found if not too_late(todo, live, f[2], startup)]
         return [act.ReplaceWorker(wid, pace, typical) for wid, pace, typical in found[:1]]
 
     def slow_joined(self, live: Sequence[Running], todo: int, own_live: int, replaced: int, workers: int,

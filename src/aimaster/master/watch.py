@@ -47,6 +47,7 @@ class WorkerInfo:
     beat_rev: int = 0
     stats: Dict[str, Any] = field(default_factory=dict)
     departed_at: Optional[float] = None  # when its registration was first seen gone (master's clock)
+    registered_at: Optional[float] = None  # when its registration was first seen (master's clock)
 
     @property
     def held(self) -> List[str]:
@@ -103,6 +104,8 @@ class WorkerWatch:
             info.registered = wid in regs
             if info.registered:
                 info.record = regs[wid][0]
+                if info.registered_at is None:
+                    info.registered_at = now
             if wid in beats:
                 value, meta = beats[wid]
                 if meta.mod_revision != info.beat_rev:
