@@ -61,7 +61,7 @@ class JobSettings:
     slice_timeout: Optional[float] = field(default=None, metadata=_wire(record="slice_timeout", optional=True))
     slow_worker_multiplier: float = field(default=3.0, metadata=_wire(record="slow_worker_multiplier"))
     slow_worker_min_samples: int = field(default=5, metadata=_wire(record="slow_worker_min_samples"))
-    completion_grace: float = field(default=1.0, metadata=_wire(record="completion_grace"))
+    completion_grace: float = field(default=0.25, metadata=_wire(record="completion_grace"))
     # The fault policy (aimaster.master.policy.FaultPolicy).
     execution_mode: str = field(default="Async", metadata=_wire(record="execution_mode"))
     fault_tolerant_policy: str = field(default="OnFailure", metadata=_wire(record="fault_tolerant_policy"))

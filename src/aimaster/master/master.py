@@ -72,6 +72,7 @@ from aimaster.master.slowness import SlowWorkerPolicy
 from aimaster.master.state_dir import JobStateDir
 from aimaster.master.supervisor import EndFacts, Supervisor
 from aimaster.master.sync import SyncRestarts
+from aimaster.master.wakeup import ChildExitWakeup
 from aimaster.master.watch import WorkerWatch
 
 STEPPED_DOWN_EXIT = 3
@@ -120,6 +121,7 @@ class Master(JobEnd):
         self._notes: List[str] = []  # said once we know we run the job
         self._last_sync_check = 0.0
         self._warned: set = set()
+        self.wakeup = ChildExitWakeup()  # the loop's next round starts as soon as a worker exits
 
     # ------------------------------------------------------------------ setup
     def run(self) -> int:
@@ -151,6 +153,7 @@ class Master(JobEnd):
             self._end_after_crash(e)
             raise
         finally:
+            self.wakeup.close()
             if self.display is not None:
                 self.display.close()
             try:
@@ -215,7 +218,7 @@ class Master(JobEnd):
                 code = self._round()
                 if code is not None:
                     return code
-                time.sleep(opts.poll_interval)
+                self.wakeup.pause(opts.poll_interval)
         except EtcdDataError as e:
             if opts.join_only:
                 raise  # a joiner runs no job of its own to fail: it stops, saying why
@@ -443,3 +446,4 @@ class Master(JobEnd):
 
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
+        self.wakeup.install()
