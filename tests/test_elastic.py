@@ -301,7 +301,9 @@ def test_speculative_copy_beats_a_slow_worker(tmp_path, jobs):
 
 
 def test_slow_worker_is_replaced(tmp_path, jobs):
-    job = jobs(tmp_path, "slow", 600, env={"FILE_SLEEP": "0.02", "SLOW_WORKERS": "w1", "SLOW_FACTOR": "10"})
+    # 120 slices of 0.2 s: enough left at detection to be worth a replacement's start-up (with 60 the
+    # master may rightly judge that it would arrive too late, see Supervisor.slow).
+    job = jobs(tmp_path, "slow", 1200, env={"FILE_SLEEP": "0.02", "SLOW_WORKERS": "w1", "SLOW_FACTOR": "10"})
     r = job.run()
     assert r.returncode == 0, r.stderr
     assert "worker w1 is slow" in r.stderr
