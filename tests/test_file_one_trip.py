@@ -77,3 +77,22 @@ def test_nothing_is_claimed_ahead_while_the_next_slice_is_in_hand(tmp_path, etcd
     assert out["slices"] == 8
     assert out["kinds"].get("claim") == 8 and out["kinds"].get("commit") == 8, out["kinds"]
     assert_exactly_once(str(tmp_path / "out"), [f"file {int(n.split('/f')[1][:5])}" for n in inputs])
+
+
+def test_torch_reader_in_the_consuming_process_takes_its_slices_from_the_commits(tmp_path, etcd, job_id):
+    """``num_workers=0``: the consumer's commit of a slice claims the reader's next one, so a slice
+    costs one transaction there too (the first few are claimed by the reader itself)."""
+    inputs = make_files(str(tmp_path / "in"), 90)
+    env = {"AIMASTER_ETCD_ENDPOINTS": etcd.endpoint, "AIMASTER_JOB_ID": job_id, "AIMASTER_WORKER_ID": "w0"}
+    cmd = [sys.executable, program("one_trip_torch.py"), str(tmp_path / "in"), str(tmp_path / "out"), "3"]
+    r = subprocess.run(cmd, env=clean_env(env), capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["committed"] == 30
+    kinds = out["kinds"]
+    assert kinds.get("commit") == 30, kinds
+    # The reader claims its first slices itself (4 here, quiet); a commit slower than a batch adds one.
+    assert kinds.get("claim", 0) <= 8, kinds  # was 30: a claim transaction per slice besides its commit
+    assert kinds.get("adopt", 0) == 0, kinds
+    assert_exactly_once(str(tmp_path / "out"), [f"file {int(n.split('/f')[1][:5])}" for n in inputs])
+

@@ -105,16 +105,21 @@ class Claiming:
         claim, attempts = self._new_attempt(sid, todo)
         return claim, [Op.delete(self.k.todo + sid), Op.put(self.k.attempts + sid, attempts.to_json())]
 
-    def _piggyback(self, lease) -> Optional[Tuple[Claim, Any]]:
-        """A nested transaction claiming one more free slice, to ride inside a commit.
+    def _piggyback(self, lease, exclude: str) -> Optional[Tuple[Claim, Any]]:
+        """A nested transaction claiming one more free slice, to ride inside a commit of ``exclude``.
 
         One transaction per slice instead of two: the commit of a slice also claims the next one
         (when the caller will ask for it, as the SDK clients do), if that candidate is still free.
+        A candidate list that another instance's claims made stale (a framework consumer commits
+        what its readers claimed) may still name the committed slice: never that one (etcd refuses
+        a transaction touching a key twice).
         """
         if not self._candidates:
             self._refill_candidates()
         while self._candidates:
             sid, todo, mod_rev = self._candidates.pop(self._pick())
+            if sid == exclude:
+                continue
             try:
                 claim, ops = self._claim_ops(sid, todo)
             except ValueError:

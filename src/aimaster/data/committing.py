@@ -68,7 +68,7 @@ class Committing:
             piggy[:] = []
             extra = None
             if claim_next and self._next is None and self.plan is not None:
-                extra = self._piggyback(lease)
+                extra = self._piggyback(lease, exclude=sid)
             if session.registered:
                 # The beat lists the slice claimed in this very transaction: were the worker to die
                 # now, the master must know it held that one too.
@@ -94,6 +94,8 @@ class Committing:
                 and responses[-1].response_txn.succeeded:
             self._next = piggy[0]
             session.track(self._next)
+        elif ok and piggy:
+            self._candidates = []  # the candidate was taken meanwhile: our list is stale, read afresh
         if not ok:
             # A retried transaction whose first try did commit sees its own record: still a win.
             ok = names_attempt(responses, st.key(done), claim.attempt)

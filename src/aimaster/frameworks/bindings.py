@@ -32,7 +32,9 @@ class Binding:
         """Stop taking outputs for a complete slice (the consumer's thread); returns what
         :meth:`commit` needs, which may then run in another thread."""
 
-    def commit(self, claim: Claim, sealed: Any = None) -> bool:
+    def commit(self, claim: Claim, sealed: Any = None, claim_next: bool = False) -> bool:
+        """Commit a sealed slice; True if ours is its one commit. ``claim_next``: also claim the next
+        free slice in the same transaction (``Dataset.take_claimed_ahead()`` returns it)."""
         raise NotImplementedError
 
     def release(self, claim: Claim, error: Optional[str]) -> None:

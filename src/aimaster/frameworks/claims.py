@@ -20,7 +20,7 @@ import multiprocessing.util
 import os
 import threading
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from aimaster.data.coordinator import Claim, Dataset
 from aimaster.data.session import WorkerSession
@@ -126,6 +126,74 @@ def local_claim(ds_id: str, slice_id: str, attempt: Optional[str] = None) -> Opt
             return _local.get((ds_id, slice_id, attempt))
         found = [c for (d, s, _), c in _local.items() if d == ds_id and s == slice_id]
     return found[-1] if found else None
+
+
+# ------------------------------------------------------------ claims made for readers by commits
+# One round trip per slice where the readers run in the consuming process (``num_workers=0``,
+# TensorFlow's generator thread): while such a reader runs, the consumer's commit of a slice also
+# claims the next free one (``Dataset.commit(claim_next=True)``) and banks it here; the reader's
+# feed takes it instead of claiming itself. No more wait here than the feeds would claim ahead
+# themselves (``prefetch + 1`` each); whatever is left when the feed stops, when the stream ends, or
+# at exit goes back to todo uncounted (it was never started).
+_bank: Dict[str, List[Claim]] = {}
+_feeding: Dict[str, List[int]] = {}
+_bank_exit_hook = False
+
+
+def start_feeding(ds_id: str, depth: int) -> None:
+    """A feed of this process reads the dataset, claiming up to ``depth`` slices ahead."""
+    with _lock:
+        _feeding.setdefault(ds_id, []).append(depth)
+
+
+def stop_feeding(ds_id: str, depth: int) -> None:
+    with _lock:
+        if depth in _feeding.get(ds_id, []):
+            _feeding[ds_id].remove(depth)
+
+
+def wants_claim_ahead(ds_id: str) -> bool:
+    """Whether a commit should claim the next slice for a reader of this process: one runs and
+    fewer than it claims ahead are banked for it."""
+    with _lock:
+        return len(_bank.get(ds_id, ())) < sum(_feeding.get(ds_id, ()))
+
+
+def banked(ds_id: str) -> int:
+    with _lock:
+        return len(_bank.get(ds_id, ()))
+
+
+def bank(claim: Claim) -> None:
+    global _bank_exit_hook
+    with _lock:
+        _bank.setdefault(claim.dataset.ds_id, []).append(claim)
+        if not _bank_exit_hook:
+            _bank_exit_hook = True
+            import atexit
+
+            atexit.register(give_back_banked)
+
+
+def take_banked(ds_id: str) -> Optional[Claim]:
+    with _lock:
+        waiting = _bank.get(ds_id)
+        return waiting.pop(0) if waiting else None
+
+
+def give_back_banked(ds_id: Optional[str] = None) -> None:
+    """Every banked claim (of ``ds_id``, or all) back to todo, uncounted."""
+    from aimaster.data.handoff import give_back_claim
+
+    with _lock:
+        taken = [c for d in list(_bank) if ds_id is None or d == ds_id for c in _bank.pop(d)]
+    for claim in taken:
+        try:
+            with session_lock(claim.dataset.session):
+                give_back_claim(claim.dataset, claim)
+        except Exception as e:  # noqa: BLE001 - the lease returns it anyway
+            log.warning("aimaster: could not give back slice %s (%s); it returns with the lease",
+                        claim.slice_id, e)
 
 
 # --------------------------------------------------------------------------------- consuming side

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable, Iterator, List, Optional, Tuple
@@ -84,6 +85,10 @@ class SliceFeed:
         check_tracked(self.spec)
         dataset = claims_module.reading_dataset(self.spec)
         queue = _Queue(self.prefetch)
+        # In the consuming process, the consumer's commits claim this feed's next slices (claims.bank).
+        queue.banks = os.getpid() == self.spec.owner_pid
+        if queue.banks:
+            claims_module.start_feeding(dataset.ds_id, self.prefetch + 1)
         thread = threading.Thread(target=self._fill, args=(dataset, queue), name="aimaster-slice-prefetch",
                                   daemon=True)
         thread.start()
@@ -98,8 +103,17 @@ class SliceFeed:
         finally:
             queue.stop()
             thread.join(_JOIN_S)
+            self._stop_banking(dataset, queue)
             for claim, _ in queue.take_back():
                 _give_back(dataset, claim)  # claimed ahead, never handed out: back at once, uncounted
+
+    @staticmethod
+    def _stop_banking(dataset: Dataset, queue: _Queue) -> None:
+        """No more claims from the consumer's commits; those banked go back (never started)."""
+        if queue.banks:
+            queue.banks = False
+            claims_module.stop_feeding(dataset.ds_id, queue.depth)
+            claims_module.give_back_banked(dataset.ds_id)
 
     def _fill(self, dataset: Dataset, queue: _Queue) -> None:
         last_check = 0.0
@@ -109,18 +123,24 @@ class SliceFeed:
                 if wanted is None:
                     return  # stopped
                 if not wanted:
-                    if queue.queued() and time.monotonic() - last_check >= CHECK_S:
+                    held = queue.queued() or (queue.banks and claims_module.banked(dataset.ds_id))
+                    if held and time.monotonic() - last_check >= CHECK_S:
                         last_check = time.monotonic()
                         with claims_module.session_lock(dataset.session):
                             drained = dataset.drained()
                         if drained:
+                            self._stop_banking(dataset, queue)
                             for claim, _ in queue.take_back(on_demand=True):
                                 log.debug("aimaster: no slice is free; giving back slice %s claimed ahead",
                                           claim.slice_id)
                                 _give_back(dataset, claim)
                     continue
                 with claims_module.session_lock(dataset.session):
-                    claim = dataset.try_claim()
+                    claim = claims_module.take_banked(dataset.ds_id) if queue.banks else None
+                    if claim is not None:
+                        claim.claimed_at = time.time()  # its duration runs from now, as try_claim's
+                    else:
+                        claim = dataset.try_claim()
                     if claim is None:
                         claim = dataset.try_copy()
                 if claim is None:
@@ -156,11 +176,12 @@ class _Queue:
     def __init__(self, prefetch: int):
         self._cv = threading.Condition()
         self._entries: collections.deque = collections.deque()
-        self._slots = prefetch + 1
+        self._slots = self.depth = prefetch + 1
         self._reading = False  # the reader holds an entry it has not come back from
         self._waiting = False  # the reader waits for an entry
         self._stopped = False
         self.on_demand = False
+        self.banks = False  # the consumer's commits claim for this feed (same process)
 
     def take(self) -> Any:
         with self._cv:

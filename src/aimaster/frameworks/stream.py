@@ -90,6 +90,7 @@ class SliceStream:
                 self._settle()
                 self._current = []
                 self._committer.drain()
+                claims_module.give_back_banked(ds_id)
                 self._give_back_all("the pipeline ended before all of its items reached the consumer")
                 if not self._more_coming():
                     finished = True
@@ -101,6 +102,7 @@ class SliceStream:
                 # Slices settled before the loop ended were consumed and written: their commits stand.
                 self._committer.drain()
             finally:
+                claims_module.give_back_banked(ds_id)
                 if not finished:
                     self._give_back_all("the consuming loop ended early")
 
@@ -285,7 +287,13 @@ class _Committer:
             claim, sealed = entry
             try:
                 with self._lock:
-                    self._count(self._binding.commit(claim, sealed))
+                    # Readers in this process take the next slice from this very transaction.
+                    ahead = claims_module.wants_claim_ahead(claim.dataset.ds_id)
+                    self._count(self._binding.commit(claim, sealed, claim_next=ahead))
+                    if ahead:
+                        claimed = self._binding.dataset.take_claimed_ahead()
+                        if claimed is not None:
+                            claims_module.bank(claimed)
             except BaseException as e:  # noqa: BLE001 - raised in the consumer by check()
                 self._error = e
 

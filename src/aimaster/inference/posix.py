@@ -148,6 +148,11 @@ class PosixFileClient:
         sid = self._current if slice_id is None else str(slice_id)
         if sid is None:
             raise ConfigError("commit_slice() called before get_next_slice()")
+        return self._commit(sid)
+
+    def _commit(self, sid: str, claim_next: Optional[bool] = None) -> bool:
+        """Commit held slice ``sid``; ``claim_next`` None: claim the next slice in the same
+        transaction as the SDK loop wants it (see below), else as told (framework consumers)."""
         claim = self._held.pop(sid, None)
         if claim is None:
             raise ConfigError(f"slice {sid!r} is not held by this worker (already committed, or never claimed)")
@@ -161,9 +166,13 @@ class PosixFileClient:
         # at exit, see _give_back_unasked). Only when this worker holds no other slice: a program
         # that already works on the next one (PAI's DataWriter commits a slice once the next has
         # begun) would hold the claimed one idle meanwhile, and at the end of the data keep it from
-        # an idle peer. Framework readers claim for themselves: nothing rides in their commits.
-        claim_next = sid not in self._framework and all(other in self._framework for other in self._held)
+        # an idle peer. A framework consumer says itself whether its readers want the next slice
+        # (aimaster.frameworks.stream: readers in this process take it from its commit).
+        framework = sid in self._framework
         self._framework.discard(sid)
+        if claim_next is not None:
+            return self._dataset.commit(claim, claim_next=claim_next)
+        claim_next = not framework and all(other in self._framework for other in self._held)
         if claim_next and not self._exit_hook:
             self._exit_hook = True
             atexit.register(_give_back_unasked, self._dataset)
@@ -294,8 +303,8 @@ class FileBinding(Binding):
     def seal(self, claim: Claim) -> None:
         self._drop(claim)
 
-    def commit(self, claim: Claim, sealed: Any = None) -> bool:
-        return self.client.commit_slice(claim.slice_id)  # closes (fsyncs) the slice's files first
+    def commit(self, claim: Claim, sealed: Any = None, claim_next: bool = False) -> bool:
+        return self.client._commit(claim.slice_id, claim_next)  # closes (fsyncs) the slice's files first
 
     def release(self, claim: Claim, error: Optional[str]) -> None:
         self._drop(claim)

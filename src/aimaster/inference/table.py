@@ -384,7 +384,7 @@ class TableBinding(Binding):
         del self._stages[(claim.slice_id, claim.attempt)]
         return stage
 
-    def commit(self, claim: Claim, sealed: Any = None) -> bool:
+    def commit(self, claim: Claim, sealed: Any = None, claim_next: bool = False) -> bool:
         if sealed is not None:
             try:
                 ref = sealed.commit()
@@ -397,7 +397,7 @@ class TableBinding(Binding):
             claim.add_output(self._output_sink(), ref)
         if not self._commits.committable(claim):
             return self._commits.lose(claim)  # as the SDK writer does: never commit into an aged session
-        return self.dataset.commit(claim)
+        return self.dataset.commit(claim, claim_next=claim_next)
 
     def release(self, claim: Claim, error: Optional[str]) -> None:
         stage = self._stages.pop((claim.slice_id, claim.attempt), None)
