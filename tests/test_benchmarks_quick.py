@@ -36,6 +36,16 @@ def test_coordination_quick(tmp_path):
         assert row["aimaster"]["ops"] == row["files"]["ops"] == res["params"]["slices"]
 
 
+def test_scale_quick(tmp_path):
+    res = _run(tmp_path, "scale.py", "--quick")
+    summary = res["summary"]
+    assert summary["per_planned_slice"]["keys"] == 1.0  # one todo key per free slice
+    assert summary["per_committed_slice"]["keys"] == 1.0  # a committed slice leaves its commit record only
+    assert summary["per_worker"]["keys"] == 3.0
+    assert res["keepalives"]["refreshes"] >= 2  # an idle session keeps its lease alive
+    assert [r["free_slices"] for r in res["reads"]] == [2000, 10000]
+
+
 def test_tables_quick(tmp_path):
     res = _run(tmp_path, "tables.py", "--quick", "--rows", "20000", "--slice-size", "8192")
     assert set(res["upload_rows_per_s"]) == {"records", "arrow"}
