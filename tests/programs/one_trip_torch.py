@@ -8,9 +8,9 @@ commit of a slice also claims a next one for the reader, so claims on their own 
 import json
 import sys
 import time
-from collections import Counter
 
 import torch.utils.data
+from rpc_count import count_rpcs
 
 from aimaster import inference as elastic_inference
 
@@ -19,16 +19,7 @@ def main() -> None:
     input_dir, output_dir, slice_size = sys.argv[1], sys.argv[2], int(sys.argv[3])
     client = elastic_inference.PosixFileClient(elastic_inference.PosixFileConfig(
         input_dir=input_dir, output_dir=output_dir, slice_size=slice_size))
-    store = client.dataset.store
-    kinds: Counter = Counter()
-    call = store.call
-
-    def counted(what, fn):
-        result = call(what, fn)
-        kinds[what.split(" ", 1)[0]] += 1
-        return result
-
-    store.call = counted
+    kinds = count_rpcs(client.dataset.store)
     dataset = client.create_torch_dataset(transform=lambda path: open(path).read())
     loader = torch.utils.data.DataLoader(dataset, batch_size=3, num_workers=0)
     stream = dataset.track(loader)

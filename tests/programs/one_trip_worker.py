@@ -9,7 +9,8 @@ slice committed only once the next one is in hand (nothing may be claimed ahead 
 
 import json
 import sys
-from collections import Counter
+
+from rpc_count import count_rpcs
 
 import aimaster
 from aimaster import inference as elastic_inference
@@ -21,16 +22,7 @@ def main() -> None:
     limit = int(mode) if mode.isdigit() else None
     client = elastic_inference.PosixFileClient(elastic_inference.PosixFileConfig(
         input_dir=input_dir, output_dir=output_dir, slice_size=slice_size))
-    store = client.dataset.store
-    kinds: Counter = Counter()
-    call = store.call
-
-    def counted(what, fn):
-        result = call(what, fn)
-        kinds[what.split(" ", 1)[0]] += 1
-        return result
-
-    store.call = counted
+    kinds = count_rpcs(client.dataset.store)
     done = 0
     if mode == "datawriter":
         previous = None
