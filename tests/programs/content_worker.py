@@ -5,6 +5,7 @@ stuck on one input, inside a healthy process whose lease stays alive).
 usage: content_worker.py INPUT_DIR OUTPUT_DIR SLICE_SIZE
 env:   HANG_ONCE_DIR   with it, a HANG file hangs only the first time (a marker file is left there),
                        as an input that hangs on a transient condition would
+       FILE_SLEEP      seconds spent on each file before reading it (default 0)
 Each processed file is written to the slice output as its relative path, one per line.
 """
 
@@ -19,6 +20,7 @@ from aimaster import inference as elastic_inference
 def main() -> None:
     input_dir, output_dir, slice_size = sys.argv[1], sys.argv[2], int(sys.argv[3])
     once = os.environ.get("HANG_ONCE_DIR")
+    delay = float(os.environ.get("FILE_SLEEP", "0"))
     client = elastic_inference.PosixFileClient(elastic_inference.PosixFileConfig(
         input_dir=input_dir, output_dir=output_dir, slice_size=slice_size))
     while True:
@@ -29,6 +31,7 @@ def main() -> None:
         with client.open_slice_output(suffix=".txt") as out:
             for path in paths:
                 rel = os.path.relpath(path, input_dir)
+                time.sleep(delay)
                 with open(path) as f:
                     content = f.read()
                 if content.startswith("POISON"):
