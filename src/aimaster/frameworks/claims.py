@@ -183,17 +183,24 @@ def take_banked(ds_id: str) -> Optional[Claim]:
 
 def give_back_banked(ds_id: Optional[str] = None) -> None:
     """Every banked claim (of ``ds_id``, or all) back to todo, uncounted."""
-    from aimaster.data.handoff import give_back_claim
-
     with _lock:
         taken = [c for d in list(_bank) if ds_id is None or d == ds_id for c in _bank.pop(d)]
     for claim in taken:
-        try:
-            with session_lock(claim.dataset.session):
-                give_back_claim(claim.dataset, claim)
-        except Exception as e:  # noqa: BLE001 - the lease returns it anyway
-            log.warning("aimaster: could not give back slice %s (%s); it returns with the lease",
-                        claim.slice_id, e)
+        give_back_unstarted_claim(claim.dataset, claim)
+
+
+def give_back_unstarted_claim(dataset: Dataset, claim: Claim) -> None:
+    """A slice claimed ahead and never handed out goes back to todo at once, its attempt uncounted
+    (banked here, or queued by a feed); if that fails, the lease returns it."""
+    from aimaster.data.handoff import give_back_claim
+
+    forget(claim)
+    try:
+        with session_lock(dataset.session):
+            give_back_claim(dataset, claim)
+    except Exception as e:  # noqa: BLE001 - the lease returns it anyway
+        log.warning("aimaster: could not give slice %s back (%s); it returns when the lease expires",
+                    claim.slice_id, e)
 
 
 # --------------------------------------------------------------------------------- consuming side

@@ -29,7 +29,6 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import aimaster.frameworks.claims as claims_module
 from aimaster.data.coordinator import Claim, Dataset
-from aimaster.data.handoff import give_back_claim
 from aimaster.errors import ConfigError
 from aimaster.frameworks.claims import SliceSpec
 
@@ -105,7 +104,7 @@ class SliceFeed:
             thread.join(_JOIN_S)
             self._stop_banking(dataset, queue)
             for claim, _ in queue.take_back():
-                _give_back(dataset, claim)  # claimed ahead, never handed out: back at once, uncounted
+                claims_module.give_back_unstarted_claim(dataset, claim)  # never handed out: uncounted
 
     @staticmethod
     def _stop_banking(dataset: Dataset, queue: _Queue) -> None:
@@ -133,7 +132,7 @@ class SliceFeed:
                             for claim, _ in queue.take_back(on_demand=True):
                                 log.debug("aimaster: no slice is free; giving back slice %s claimed ahead",
                                           claim.slice_id)
-                                _give_back(dataset, claim)
+                                claims_module.give_back_unstarted_claim(dataset, claim)
                     continue
                 with claims_module.session_lock(dataset.session):
                     claim = claims_module.take_banked(dataset.ds_id) if queue.banks else None
@@ -158,7 +157,7 @@ class SliceFeed:
                     queue.put(e)
                     return
                 if not queue.put((claim, content)):
-                    _give_back(dataset, claim)  # stopped meanwhile
+                    claims_module.give_back_unstarted_claim(dataset, claim)  # stopped meanwhile
                     return
         except BaseException as e:  # noqa: BLE001 - surfaced in the reading thread
             queue.put(e)
@@ -238,17 +237,6 @@ class _Queue:
         with self._cv:
             self._stopped = True
             self._cv.notify_all()
-
-
-def _give_back(dataset: Dataset, claim: Claim) -> None:
-    """A slice claimed ahead and never handed out goes back to todo at once, its attempt uncounted."""
-    claims_module.forget(claim)
-    try:
-        with claims_module.session_lock(dataset.session):
-            give_back_claim(dataset, claim)
-    except Exception as e:  # noqa: BLE001 - the lease returns it anyway
-        log.warning("aimaster: could not give slice %s back (%s); it returns when the lease expires",
-                    claim.slice_id, e)
 
 
 def _release(dataset: Dataset, claim: Claim, error: Optional[str] = None) -> None:
