@@ -13,7 +13,7 @@ import sys
 import textwrap
 
 import pytest
-from helpers import assert_exactly_once, make_files, run_aimaster
+from helpers import assert_exactly_once, make_files, program, run_aimaster
 
 from aimaster.master.hopeless import HopelessCrashes, root_cause, where
 from aimaster.master.policy import Failure, classify_exit
@@ -127,6 +127,24 @@ def test_root_cause_keeps_the_traceback_with_its_file_and_line():
     assert root_cause(syntax)[0].strip() == 'File "/x/infer.py", line 1'
     assert where(root_cause(syntax)) == 'File "/x/infer.py", line 1'
     assert root_cause(["just one line"]) == ["just one line"] and where(["just one line"]) is None
+
+
+def test_deaths_on_one_poison_slice_unseen_by_the_master_are_a_poison_slice_not_a_hopeless_program(tmp_path):
+    """Each worker dies within milliseconds of claiming the job's one slice, and its exit revokes
+    its lease (heartbeat included) before the master's next look: no heartbeat of it holding the
+    slice is ever seen. The slice's attempts record still names it, so the deaths read as one poison
+    slice (failed after --max-slice-attempts, listed for a retry), not as a program that cannot run."""
+    make_files(str(tmp_path / "in"), 5, nested=False)
+    (tmp_path / "in" / "f00000.txt").write_text("POISON header\n")
+    r = run_aimaster("run", "-n", "1", "--job-id", "poison", "--state-dir", str(tmp_path / "s"), "--quiet",
+                     "--max-slice-attempts", "3", "--", sys.executable, program("content_worker.py"),
+                     str(tmp_path / "in"), str(tmp_path / "out"), "5", timeout=120)
+    assert r.returncode == 1, r.stderr
+    report = json.loads((tmp_path / "s" / "jobs" / "poison" / "report.json").read_text())
+    assert report["state"] == "Failed"
+    assert not (report["reason"] or "").startswith("hopeless"), report["reason"]
+    [row] = report["failed_slices"]
+    assert row["slice"] == "000000" and row["attempts"] == 3 and "cannot decode f00000.txt" in row["error"], row
 
 
 FIXABLE = """

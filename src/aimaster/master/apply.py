@@ -15,6 +15,7 @@ from aimaster.errors import EtcdDataError
 from aimaster.master import actions as act
 from aimaster.master import hopeless, preempted
 from aimaster.master.job_state import JobState
+from aimaster.master.last_claims import last_claimed_by
 from aimaster.master.launcher import Worker
 from aimaster.master.supervisor import JobFacts, Running, WorkerExit
 
@@ -29,9 +30,14 @@ def running(w: Worker) -> Running:
 
 def observe_exit(m, w: Worker) -> WorkerExit:
     info = m.watch.get(w.worker_id)
+    held = set(info.held) if info is not None else set()
+    if not m.supervisor.crashes.off:
+        # Nothing committed yet, so the hopeless-crash rule still judges: what the worker claimed
+        # last counts as held even if no heartbeat of it holding the slice was ever seen.
+        held |= set(last_claimed_by(m.store, m._monitor().dataset_ids(), m._dataset, w.worker_id, m._warn_once))
     return WorkerExit(w.worker_id, w.slot, w.pid, w.returncode, uptime(w), adopted=w.adopted,
                       stop_reason=w.stop_reason, preempted=preempted.seen(m.store, w),
-                      oom=None if w.adopted else w.oom_killed(), held=tuple(info.held) if info is not None else (),
+                      oom=None if w.adopted else w.oom_killed(), held=tuple(sorted(held)),
                       stderr=w.stderr_tail)
 
 
