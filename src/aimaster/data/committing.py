@@ -51,7 +51,10 @@ class Committing:
                 self._agreed.add(id(sink))
         session.untrack(claim)
         commit_t0 = time.monotonic()
-        stats = self._stats_if_won(claim, dt, now)
+        # A copy's win always shows at once (speculation's counters); other commits carry the
+        # counters at most every STATS_EVERY seconds.
+        with_stats = claim.backup or session.stats_due()
+        stats = self._stats_if_won(claim, dt, now) if with_stats else None
         done = k.done + sid
         held_rel = k.backup_of(sid, session.worker_id) if claim.backup else k.claim + sid
 
@@ -63,7 +66,7 @@ class Committing:
                 Op.delete(k.failed + sid),
                 Op.delete(k.attempts + sid),
                 Op.delete_prefix(k.backups_of(sid)),
-                Op.put(keys.stats(session.worker_id), stats),
+                *([Op.put(keys.stats(session.worker_id), stats)] if with_stats else []),
             ]
             piggy[:] = []
             extra = None
@@ -108,6 +111,10 @@ class Committing:
             session.busy += dt
             if claim.backup:
                 session.copies_won += 1
+            if with_stats:
+                session.stats_written()
+            else:
+                session.stats_dirty = True
             for sink, ref in claim.outputs:
                 sink.publish(sid, ref)
             if self._ended_early and self.is_complete():

@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 
 RECENT = 8  # slice durations kept per worker for the control plane's robust statistics
 BEAT_EVERY = 1.0  # at most one stand-alone heartbeat write per second (claims and commits carry one anyway)
+# Commits carry the worker's counters (stats/<worker>) at most this often: a worker committing
+# hundreds of slices a second would otherwise rewrite them in every commit, a tenth of its cost in
+# etcd. The first commit always carries them (the master's hopeless rule asks "committed anything?"),
+# and counters left unwritten go out with the next heartbeat a wait writes, or at close.
+STATS_EVERY = 0.5
 T = TypeVar("T")
 
 
@@ -84,6 +89,8 @@ class WorkerSession:
         self.copies_lost = 0
         self.primaries_lost = 0
         self.last_commit_latency: Optional[float] = None  # seconds the previous commit took (histograms)
+        self._stats_at: Optional[float] = None  # when stats/<worker> was last written (monotonic)
+        self.stats_dirty = False  # counters changed since they were last written
         self.standalone = False
         # Attempts this process holds, by (dataset, slice, attempt): handed back if the program dies
         # of an exception, and listed in the heartbeat so the master knows what a dead worker had.
@@ -191,6 +198,17 @@ class WorkerSession:
         if self.registered:
             value = self.beat_value(state)
             self.leased(lambda lease: self.store.put(keys.beat(self.worker_id), value, lease=lease))
+        if self.stats_dirty:
+            self.publish_stats()
+
+    def stats_due(self) -> bool:
+        """Whether the next commit should carry the counters (see STATS_EVERY)."""
+        return self.slices_committed == 0 or self._stats_at is None \
+            or time.monotonic() - self._stats_at >= STATS_EVERY
+
+    def stats_written(self) -> None:
+        self._stats_at = time.monotonic()
+        self.stats_dirty = False
 
     def stats_value(self) -> Dict[str, Any]:
         return {"host": self.host, "pid": self.pid, "slices": self.slices_committed,
@@ -202,12 +220,18 @@ class WorkerSession:
 
     def publish_stats(self) -> None:
         self.store.put(keys.stats(self.worker_id), self.stats_value())
+        self.stats_written()
 
     def close(self) -> None:
         """Release the lease now, so our claims come back at once instead of after the TTL."""
         if self._closed.is_set() or os.getpid() != self.pid:
             return
         self._closed.set()
+        if self.stats_dirty:
+            try:
+                self.publish_stats()
+            except Exception as e:  # noqa: BLE001 - closing must not fail; the commits themselves are safe
+                log.warning("aimaster: could not write worker %s's last counters (%s)", self.worker_id, e)
         if self.lease is not None:
             self.store.revoke_lease(self.lease)
         self.store.close()
