@@ -287,3 +287,27 @@ def test_sync_restart_backs_each_worker_off_by_its_own_uptime(tmp_path):
     # Ten minutes up: no crash loop, its back-off starts over; five seconds up: it keeps climbing.
     assert master.fleet.failures_in_row == {0: 1, 1: 4}
     assert sorted(master.fleet.pending) == [0, 1]
+
+
+def test_fast_commits_carry_the_counters_at_most_every_half_second_and_close_writes_the_last(make_session):
+    """A worker committing many slices a second rewrites stats/<worker> about twice a second, not
+    in every commit; the first commit always carries them, and nothing is lost at close."""
+    from aimaster.data import keys
+
+    w, reader = make_session("W"), make_session("reader")
+    ds = Dataset(w, "ds")
+    ds.ensure_plan(lambda: PlanData("table", 40, {}), 1)
+    revisions = set()
+    t0 = time.monotonic()
+    for n in range(1, 41):
+        claim = ds.next_claim()
+        assert ds.commit(claim, claim_next=True)
+        value, meta = w.store.get(keys.stats("W"))
+        revisions.add(meta.mod_revision)
+        if n == 1:
+            assert value["slices"] == 1
+    elapsed = time.monotonic() - t0
+    assert len(revisions) <= 2 + elapsed / 0.5, (len(revisions), elapsed)
+    assert w.stats_dirty or w.store.get_value(keys.stats("W"))["slices"] == 40
+    w.close()
+    assert reader.store.get_value(keys.stats("W"))["slices"] == 40

@@ -207,3 +207,29 @@ def test_revoke_lease_takes_a_lease_or_its_id(store):
         store.revoke_lease(lease.id if as_id else lease)
         assert store.get_raw("by-lease") == (None, None)
     store.revoke_lease(123456789)  # no such lease: nothing to do, no error
+
+
+def test_a_transaction_etcd_refuses_is_an_error_not_a_retry(store):
+    """A request etcd itself rejects (one key written twice in a transaction) fails at once, as a
+    gRPC error: built messages go through the same error handling as pyetcd's own calls."""
+    import grpc
+
+    with pytest.raises(grpc.RpcError) as err:
+        store.txn("twice", [], [Op.put("dup/k", "a"), Op.put("dup/k", "b")])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert store.get_raw("dup/k")[0] is None
+
+
+def test_nested_transaction_and_leased_put(store):
+    lease = store.grant_lease(10)
+    ok, responses = store.txn("nested", [], [
+        Op.put("n/outer", "o"),
+        Op.txn([Compare.version("n/inner") == 0], [Op.put("n/inner", "i", lease=lease)], [Op.get("n/outer")])])
+    assert ok and responses[-1].response_txn.succeeded
+    assert store.get_raw("n/inner")[1].lease_id == lease.id
+    ok, responses = store.txn("nested again", [], [
+        Op.txn([Compare.version("n/inner") == 0], [Op.put("n/inner", "x")], [Op.get("n/outer")])])
+    inner = responses[-1].response_txn
+    assert ok and not inner.succeeded and inner.responses[0].response_range.kvs[0].value == b"o"
+    store.revoke_lease(lease)
+    assert store.get_raw("n/inner")[0] is None
