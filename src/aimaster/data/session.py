@@ -228,8 +228,9 @@ class WorkerSession:
             return
         self._closed.set()
         if self.stats_dirty:
-            try:
-                self.publish_stats()
+            try:  # one try: a process leaving must not wait out the retries on an etcd that is gone
+                self.store.put_once(keys.stats(self.worker_id), self.stats_value())
+                self.stats_written()
             except Exception as e:  # noqa: BLE001 - closing must not fail; the commits themselves are safe
                 log.warning("aimaster: could not write worker %s's last counters (%s)", self.worker_id, e)
         if self.lease is not None:

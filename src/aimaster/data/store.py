@@ -599,6 +599,12 @@ class Store:
                 return
             start = items[-1][1].key + b"\0"
 
+    def put_once(self, rel: str, value: Any) -> None:
+        """One try at a put, no retries: for a process on its way out, which must not wait
+        ``retry_seconds`` on an etcd that is gone (the error is the caller's to judge)."""
+        key = self.key(rel)
+        self._client.put(key, _encoded(value))
+
     # -- leases ----------------------------------------------------------------------------------
     def grant_lease(self, ttl: int):
         return self.call("grant lease", lambda c: c.lease(ttl))
