@@ -163,7 +163,7 @@ def dumps(value: Any) -> str:
 
 
 # One encoder each, made once: ``json.dumps`` with options builds a new encoder on every call, a
-# measurable part of a commit's client CPU (it writes five values).
+# measurable part of a commit's client CPU (it writes four or five values).
 _UTF8_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 _ASCII_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 

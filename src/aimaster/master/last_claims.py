@@ -24,7 +24,11 @@ def last_claimed_by(store, dataset_ids: Iterable[str], dataset: Callable[[str], 
     ``worker_id``'s. A malformed record is warned about and skipped (it cannot name a worker)."""
     found: List[str] = []
     for ds_id in dataset_ids:
-        ds = dataset(ds_id)
+        try:
+            ds = dataset(ds_id)
+        except EtcdDataError as e:  # a malformed plan: the master says so elsewhere, this is a hint
+            warn(str(e))
+            continue
         if ds is None:
             continue
         prefix = ds.k.attempts
