@@ -218,8 +218,10 @@ class WorkerSession:
                 "copies_lost": self.copies_lost, "primaries_lost": self.primaries_lost,
                 **({"preempted": self.preempted} if self.preempted is not None else {})}
 
-    def publish_stats(self) -> None:
-        self.store.put(keys.stats(self.worker_id), self.stats_value())
+    def publish_stats(self, once: bool = False) -> None:
+        """Write the counters now; ``once``: a single try (a process leaving, see :meth:`close`)."""
+        put = self.store.put_once if once else self.store.put
+        put(keys.stats(self.worker_id), self.stats_value())
         self.stats_written()
 
     def close(self) -> None:
@@ -229,8 +231,7 @@ class WorkerSession:
         self._closed.set()
         if self.stats_dirty:
             try:  # one try: a process leaving must not wait out the retries on an etcd that is gone
-                self.store.put_once(keys.stats(self.worker_id), self.stats_value())
-                self.stats_written()
+                self.publish_stats(once=True)
             except Exception as e:  # noqa: BLE001 - closing must not fail; the commits themselves are safe
                 log.warning("aimaster: could not write worker %s's last counters (%s)", self.worker_id, e)
         if self.lease is not None:
