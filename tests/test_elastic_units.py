@@ -311,3 +311,25 @@ def test_fast_commits_carry_the_counters_at_most_every_half_second_and_close_wri
     assert w.stats_dirty or w.store.get_value(keys.stats("W"))["slices"] == 40
     w.close()
     assert reader.store.get_value(keys.stats("W"))["slices"] == 40
+
+
+def test_close_after_etcd_is_gone_does_not_wait_out_the_retries(tmp_path):
+    """Counters still pending at close get one try: with etcd stopped for real, close returns at
+    once instead of retrying for retry_seconds (30 here)."""
+    from aimaster.data.etcd_server import EmbeddedEtcd
+    from aimaster.data.session import WorkerSession
+    from aimaster.data.store import EtcdConfig, Store, job_prefix
+
+    server = EmbeddedEtcd(data_dir=str(tmp_path / "etcd")).start()
+    try:
+        w = WorkerSession(Store(EtcdConfig([server.endpoint], retry_seconds=30), job_prefix("gone")), "W")
+        ds = Dataset(w, "ds")
+        ds.ensure_plan(lambda: PlanData("table", 10, {}), 1)
+        for _ in range(5):
+            assert ds.commit(ds.next_claim(), claim_next=True)
+        assert w.stats_dirty
+    finally:
+        server.stop()
+    t0 = time.monotonic()
+    w.close()
+    assert time.monotonic() - t0 < 10
