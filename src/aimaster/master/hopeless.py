@@ -16,6 +16,9 @@ A crash counts as hopeless only when all of these hold, so that what a relaunch 
   (its message normalised: paths, numbers, hex, addresses masked), seen at least twice in all;
 * the failures did not all hold one same slice: a single bad slice killing whoever takes it is a
   poison slice, which the job must survive (it fails after ``--max-slice-attempts``, reported).
+  Every death of the signature counts towards "every slot, twice"; what tells a poison slice is a
+  slice that every one of those deaths held. Two deaths on one slice are therefore not yet hopeless
+  (they could be either), and the first death on another slice makes them so.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ class HopelessCrashes:
         self.min_failures = min_failures
         self.last: Dict[int, str] = {}  # slot -> signature of its latest hopeless-looking failure
         self.counts: Dict[str, int] = {}
-        self.slices: Dict[str, Set[str]] = {}  # signature -> slices held by the workers that died of it
+        # signature -> the slices every worker that died of it held (empty: no slice is common to all)
+        self.common: Dict[str, Set[str]] = {}
         self.off = False  # something was committed: the program works, this rule is done
 
     def observe(self, slot: int, failure: Failure, held: Iterable[str], committed: bool) -> bool:
@@ -49,14 +53,12 @@ class HopelessCrashes:
             return False
         sig = failure.signature
         held = set(held)
-        seen = self.slices.setdefault(sig, set())
-        if held and held <= seen:
-            return False  # the same slice(s) again: a poison slice, not a hopeless program
-        seen |= held
+        common = self.common[sig] = self.common[sig] & held if sig in self.common else held
         self.last[slot] = sig
         n = self.counts[sig] = self.counts.get(sig, 0) + 1
         every_slot = all(self.last.get(s) == sig for s in range(self.slots))
-        return every_slot and n >= self.min_failures
+        # A slice held by every one of these deaths: a poison slice, not (yet) a hopeless program.
+        return every_slot and n >= self.min_failures and not common
 
 
 def root_cause(stderr_tail: List[str], limit: int = 30) -> List[str]:
