@@ -55,12 +55,12 @@ def test_a_hopeless_crash_fails_the_job_at_once_with_its_root_cause(tmp_path, ki
     reason = report["reason"] or ""
     assert reason.startswith("hopeless: every worker exited the same way"), reason
     assert error in reason and f'File "{script}", line {line}' in reason, reason
-    # Two slots, each dead once: not 19. One more death each may be needed: a third death landing
-    # while the first is judged, and, when both first deaths fell on one slice (a late-starting
-    # worker took the first one's requeued slice), the death on another slice that tells the
-    # program from a poison slice.
-    assert sum(report["relaunches"].values()) <= 3, report["relaunches"]
-    assert len([e for e in report["worker_exits"] if e.get("error")]) <= 4
+    # Two slots, each dead once: not 19. Deaths that all fell on one slice (a late-starting worker
+    # took the first one's requeued slice) could be a poison slice: they go on until one falls on
+    # another slice, which is at the latest after --max-slice-attempts (3) deaths on that one; and
+    # one more death may land while the last is being judged.
+    assert sum(report["relaunches"].values()) <= 3 + 1, report["relaunches"]
+    assert len([e for e in report["worker_exits"] if e.get("error")]) <= 3 + 2
     # The root cause, with its file and line, printed once.
     assert r.stderr.count("the root cause, from") == 1, r.stderr
     block = [ln for ln in r.stderr.splitlines() if ln.startswith("  | ")]
