@@ -153,7 +153,10 @@ class Committing:
         if held is not None:  # only our own attempt: after a lost lease the key may be another's
             self.store.txn(f"release slice {sid}", [Compare.value(rel) == held], [Op.delete(rel)])
         if error and not claim.backup:
-            self.record_error(sid, self.session.worker_id, error)
+            # The attempt's own worker: a DataLoader worker releasing a claim lent by its consumer
+            # (frameworks.lent) releases the consumer's attempt.
+            owner = claim.record.worker if claim.record is not None else self.session.worker_id
+            self.record_error(sid, owner, error)
         self.requeue(sid)
         try:
             self.session.beat(force=True)

@@ -20,7 +20,7 @@ import multiprocessing.util
 import os
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from aimaster.data.coordinator import Claim, Dataset
 from aimaster.data.session import WorkerSession
@@ -40,6 +40,7 @@ class SliceSpec:
     owner_pid: int
     owner_worker: str
     tracked: bool = False
+    lent: Optional[Any] = None  # a frameworks.lent.LentClaims once a DataLoader with workers is tracked
 
 
 def spec_of(client) -> SliceSpec:

@@ -31,6 +31,7 @@ import aimaster.frameworks.claims as claims_module
 from aimaster.data.coordinator import Claim, Dataset
 from aimaster.errors import ConfigError
 from aimaster.frameworks.claims import SliceSpec
+from aimaster.frameworks.lent import LentClaims
 
 log = logging.getLogger(__name__)
 
@@ -114,21 +115,32 @@ class SliceFeed:
             claims_module.stop_feeding(dataset.ds_id, queue.depth)
             claims_module.give_back_banked(dataset.ds_id)
 
+    def _lent(self) -> Optional[LentClaims]:
+        """The claims the consumer's commits lend to this reading process (a DataLoader worker)."""
+        lent = self.spec.lent
+        usable = isinstance(lent, LentClaims) and lent.usable and os.getpid() != self.spec.owner_pid
+        return lent if usable else None
+
     def _fill(self, dataset: Dataset, queue: _Queue) -> None:
         last_check = 0.0
+        lent = self._lent()
         try:
             while True:
                 wanted = queue.wait_for_demand(CHECK_S)
                 if wanted is None:
                     return  # stopped
                 if not wanted:
-                    held = queue.queued() or (queue.banks and claims_module.banked(dataset.ds_id))
+                    held = queue.queued() or (queue.banks and claims_module.banked(dataset.ds_id)) \
+                        or (lent is not None and lent.waiting())
                     if held and time.monotonic() - last_check >= CHECK_S:
                         last_check = time.monotonic()
                         with claims_module.session_lock(dataset.session):
                             drained = dataset.drained()
                         if drained:
                             self._stop_banking(dataset, queue)
+                            for claim in lent.stop(dataset) if lent is not None else ():
+                                log.debug("aimaster: no slice is free; giving back lent slice %s", claim.slice_id)
+                                claims_module.give_back_unstarted_claim(dataset, claim)
                             for claim, _ in queue.take_back(on_demand=True):
                                 log.debug("aimaster: no slice is free; giving back slice %s claimed ahead",
                                           claim.slice_id)
@@ -136,6 +148,8 @@ class SliceFeed:
                     continue
                 with claims_module.session_lock(dataset.session):
                     claim = claims_module.take_banked(dataset.ds_id) if queue.banks else None
+                    if claim is None and lent is not None and not queue.on_demand:
+                        claim = lent.take(dataset)
                     if claim is not None:
                         claim.claimed_at = time.time()  # its duration runs from now, as try_claim's
                     else:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import queue
 import threading
 import time
@@ -33,6 +34,7 @@ import aimaster.frameworks.claims as claims_module
 from aimaster.data.coordinator import Claim
 from aimaster.errors import ConfigError
 from aimaster.frameworks.bindings import Binding
+from aimaster.frameworks.lent import LentClaims, lending_for
 from aimaster.frameworks.tags import Tag, tags_of
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,12 @@ class SliceStream:
             raise ConfigError("a DataLoader with drop_last=True drops items, so their slices could never "
                               "be committed: use drop_last=False")
         spec = getattr(getattr(batches, "dataset", None), "_spec", None)
+        self._lent: Optional[LentClaims] = None
         if isinstance(spec, claims_module.SliceSpec):
             spec.tracked = True  # a DataLoader over one of our datasets: its workers may claim now
+            if spec.lent is None and spec.owner_pid == os.getpid():
+                spec.lent = lending_for(batches)  # its workers read: our commits claim for them
+            self._lent = spec.lent
         self._binding = binding
         self._dataset = binding.dataset
         self._lock = claims_module.session_lock(binding.dataset.session)
@@ -71,7 +77,7 @@ class SliceStream:
         self._on_slice_done = on_slice_done
         self._held: Dict[Tuple[str, str], _Held] = {}
         self._current: List[Tuple[_Held, int]] = []
-        self._committer = _Committer(binding, self._lock, self._count)
+        self._committer = _Committer(binding, self._lock, self._count, self._lent)
         self.committed = 0  # slices whose commit this stream won
         self.lost = 0  # slices another attempt had committed first (their outputs were discarded)
 
@@ -91,6 +97,7 @@ class SliceStream:
                 self._current = []
                 self._committer.drain()
                 claims_module.give_back_banked(ds_id)
+                self._give_back_lent()
                 self._give_back_all("the pipeline ended before all of its items reached the consumer")
                 if not self._more_coming():
                     finished = True
@@ -103,6 +110,7 @@ class SliceStream:
                 self._committer.drain()
             finally:
                 claims_module.give_back_banked(ds_id)
+                self._give_back_lent()
                 if not finished:
                     self._give_back_all("the consuming loop ended early")
 
@@ -202,6 +210,8 @@ class SliceStream:
             lo, hi = self._dataset.item_range(index)
             with self._lock:
                 claim, owned = claims_module.adopt(self._dataset, sid, token, hi - lo)
+            if self._lent is not None:
+                self._lent.reached(attempt)
             self._binding.hold(claim)
             held = self._held[(sid, attempt)] = _Held(claim, owned, hi - lo)
         return held
@@ -222,6 +232,22 @@ class SliceStream:
             self.committed += 1
         else:
             self.lost += 1
+
+    def _give_back_lent(self) -> None:
+        """The claims our commits lent to the readers and that never reached us go back, uncounted
+        (those a reader gave back itself are found gone); the heartbeat then stops listing them."""
+        if self._lent is None:
+            return
+        taken = self._lent.take_back_all()
+        for claim in taken:
+            claims_module.give_back_unstarted_claim(self._dataset, claim)
+        if taken:
+            beat = getattr(self._dataset.session, "beat", None)
+            try:
+                with self._lock:
+                    beat(force=True)
+            except Exception:  # noqa: BLE001 - a heartbeat is advisory; the next one lists the same
+                pass
 
     def _give_back_all(self, reason: str) -> None:
         for key, held in list(self._held.items()):
@@ -263,10 +289,12 @@ class _Committer:
     the outputs' fsync never sit in the consumer's loop. An error is raised in the consumer at its
     next batch (or at the end); the slices not committed after it come back with the lease."""
 
-    def __init__(self, binding: Binding, lock: threading.RLock, count: Callable[[bool], None]):
+    def __init__(self, binding: Binding, lock: threading.RLock, count: Callable[[bool], None],
+                 lent: Optional[LentClaims] = None):
         self._binding = binding
         self._lock = lock
         self._count = count
+        self._lent = lent
         self._queue: queue.Queue = queue.Queue()
         self._thread: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
@@ -287,13 +315,18 @@ class _Committer:
             claim, sealed = entry
             try:
                 with self._lock:
-                    # Readers in this process take the next slice from this very transaction.
+                    # Readers take the next slice from this very transaction: those in this process
+                    # from the bank, DataLoader workers as a lent claim (frameworks.lent).
                     ahead = claims_module.wants_claim_ahead(claim.dataset.ds_id)
-                    self._count(self._binding.commit(claim, sealed, claim_next=ahead))
-                    if ahead:
+                    lend = not ahead and self._lent is not None and self._lent.wants()
+                    self._count(self._binding.commit(claim, sealed, claim_next=ahead or lend))
+                    if ahead or lend:
                         claimed = self._binding.dataset.take_claimed_ahead()
                         if claimed is not None:
-                            claims_module.bank(claimed)
+                            if ahead:
+                                claims_module.bank(claimed)
+                            else:
+                                self._lent.lend(claimed)
             except BaseException as e:  # noqa: BLE001 - raised in the consumer by check()
                 self._error = e
 
