@@ -45,6 +45,7 @@ class LentClaims:
 
     def __init__(self, context: Any, readers: int):
         self.readers = max(1, int(readers))
+        self.start_method = context.get_start_method()
         self.owner_pid = os.getpid()
         self._queue = context.Queue()
         self._stopped = context.Event()  # set by a reader that found no slice free: lend no more
@@ -55,7 +56,7 @@ class LentClaims:
         # A queue crosses only into a process being started (a DataLoader worker); pickled anywhere
         # else (by a user, to a spawned pool) the copy has none, and its readers claim themselves.
         spawning = multiprocessing.context.get_spawning_popen() is not None
-        return {"readers": self.readers, "owner_pid": self.owner_pid,
+        return {"readers": self.readers, "start_method": self.start_method, "owner_pid": self.owner_pid,
                 "_queue": self._queue if spawning else None, "_stopped": self._stopped if spawning else None}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
@@ -163,17 +164,20 @@ def _claim_of(dataset: Dataset, entry: Any) -> Optional[Claim]:
                  lease_generation=dataset.session.lease_generation, record=claim_record)
 
 
-def lending_for(loader: Any) -> Optional[LentClaims]:
-    """A lending queue for a ``DataLoader`` whose workers read (None for ``num_workers=0``), made in
-    the loader's own multiprocessing context: a queue must be of the start method of the processes
-    it reaches."""
+def lending_for(loader: Any, current: Optional[LentClaims]) -> Optional[LentClaims]:
+    """The lending queue for a ``DataLoader`` whose workers read (None for ``num_workers=0``): the
+    dataset's ``current`` one if it fits, else a new one, made in the loader's own multiprocessing
+    context (a queue must be of the start method of the processes it reaches)."""
     readers = getattr(loader, "num_workers", 0)
-    if not isinstance(readers, int) or readers <= 0:
+    if not isinstance(readers, int) or isinstance(readers, bool) or readers <= 0:
         return None
     import multiprocessing
 
-    context = getattr(loader, "multiprocessing_context", None) or multiprocessing.get_context()
     try:
+        context = getattr(loader, "multiprocessing_context", None) or multiprocessing.get_context()
+        if current is not None and current.usable and current.owner_pid == os.getpid() \
+                and (current.start_method, current.readers) == (context.get_start_method(), readers):
+            return current
         return LentClaims(context, readers)
     except (OSError, ValueError, AttributeError) as e:  # no semaphores here: readers claim themselves
         log.debug("aimaster: cannot lend claims to DataLoader workers (%s)", e)

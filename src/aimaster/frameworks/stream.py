@@ -67,9 +67,12 @@ class SliceStream:
         self._lent: Optional[LentClaims] = None
         if isinstance(spec, claims_module.SliceSpec):
             spec.tracked = True  # a DataLoader over one of our datasets: its workers may claim now
-            if spec.lent is None and spec.owner_pid == os.getpid():
-                spec.lent = lending_for(batches)  # its workers read: our commits claim for them
-            self._lent = spec.lent
+            if spec.owner_pid == os.getpid():
+                # Its workers read (num_workers > 0): our commits claim for them. The readers of
+                # this loader find the queue in the spec they are started with.
+                self._lent = lending_for(batches, spec.lent)
+                if self._lent is not None:
+                    spec.lent = self._lent
         self._binding = binding
         self._dataset = binding.dataset
         self._lock = claims_module.session_lock(binding.dataset.session)
