@@ -39,6 +39,7 @@ Loader = Callable[[Dataset, Claim], Any]
 _END = object()
 _JOIN_S = 10.0
 CHECK_S = 0.5  # how often a feed with slices queued asks whether any worker found none free
+LENT_AT_END_S = 2.0  # how long a feed that found nothing free waits for a lent claim the queue counts
 
 
 class UnusableSlice(Exception):
@@ -154,6 +155,13 @@ class SliceFeed:
                         claim.claimed_at = time.time()  # its duration runs from now, as try_claim's
                     else:
                         claim = dataset.try_claim()
+                    if claim is None and lent is not None and lent.waiting():
+                        # Nothing free, but a claim lent to us is on its way through the queue
+                        # (a loaded machine delays the consumer's feeder thread): ending now would
+                        # leave it until the pass ends, and the consumer would start another pass.
+                        claim = lent.take(dataset, wait=LENT_AT_END_S)
+                        if claim is not None:
+                            claim.claimed_at = time.time()
                     if claim is None:
                         claim = dataset.try_copy()
                 if claim is None:

@@ -104,11 +104,12 @@ class LentClaims:
         return taken
 
     # ------------------------------------------------------------------ the readers' side
-    def take(self, dataset: Dataset) -> Optional[Claim]:
-        """A lent claim, as a claim of ``dataset`` (the reader's view), or None if none waits."""
+    def take(self, dataset: Dataset, wait: float = _TAKE_WAIT_S) -> Optional[Claim]:
+        """A lent claim, as a claim of ``dataset`` (the reader's view), or None if none waits
+        (one the queue counts is waited for up to ``wait`` seconds)."""
         if not self.usable or self._stopped.is_set():
             return None
-        entry = self._get(_TAKE_WAIT_S)
+        entry = self._get(wait)
         return None if entry is None else _claim_of(dataset, entry)
 
     def waiting(self) -> int:
