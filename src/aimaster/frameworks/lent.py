@@ -113,6 +113,7 @@ class LentClaims:
         return None if entry is None else _claim_of(dataset, entry)
 
     def waiting(self) -> int:
+        """Entries the queue counts (0 where it cannot count them: macOS has no sem_getvalue)."""
         if not self.usable:
             return 0
         try:
@@ -141,11 +142,7 @@ class LentClaims:
         """One entry, or None. An entry counted in the queue may still be on its way through the
         pipe (the putting process's feeder thread writes it): that one is waited for, briefly."""
         try:
-            pending = self._queue.qsize()
-        except NotImplementedError:
-            pending = 0
-        try:
-            return self._queue.get(timeout=wait) if pending else self._queue.get_nowait()
+            return self._queue.get(timeout=wait) if self.waiting() else self._queue.get_nowait()
         except queue_module.Empty:
             return None
 
