@@ -42,6 +42,9 @@ class Claim:
     claim_latency: Optional[float] = None  # seconds the claim transaction took (for the histograms)
     lost: bool = False  # adopted after its claim went to another attempt: it can never commit
     stage_name: Optional[str] = None  # table outputs: the block name its staged rows go to
+    # (record, its JSON): held_value's last answer, kept while ``record`` is that same object (the
+    # claim's put and its commit's comparison both need it; each encoding costs a few µs).
+    _held: Optional[Tuple[ClaimRecord, str]] = field(default=None, repr=False, compare=False)
 
     def add_output(self, sink: OutputSink, ref: StagedRef) -> None:
         self.outputs.append((sink, ref))
@@ -52,7 +55,11 @@ class Claim:
         a value no claim key ever holds, so its commit and release always fail."""
         if self.lost:
             return dumps({"lost": self.attempt})
-        return dumps(self.record.to_json()) if self.record is not None else None
+        if self.record is None:
+            return None
+        if self._held is None or self._held[0] is not self.record:
+            self._held = (self.record, dumps(self.record.to_json()))
+        return self._held[1]
 
 
 def slice_id_width(num_slices: int) -> int:

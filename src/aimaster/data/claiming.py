@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import time
-import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from aimaster.data import OutOfRangeException, keys, records, speculation
@@ -18,6 +18,12 @@ log = logging.getLogger(__name__)
 
 CANDIDATES = 64  # claim among N free slices, at random, so workers rarely collide
 CLAIM_WINDOW = 1024  # slices spanned by one candidate read
+
+
+def attempt_id(worker_id: str) -> str:
+    """A new attempt's id: the worker's id and 8 random hex digits (32 bits from the OS, as a uuid4's
+    first 8 digits were, without building the uuid: a claim makes one per slice)."""
+    return f"{worker_id}.{os.urandom(4).hex()}"
 
 
 def names_attempt(responses: Any, key: str, attempt: str) -> bool:
@@ -58,7 +64,7 @@ class Claiming:
                     return None
             pick = self._pick()
             sid, todo, mod_rev = self._candidates.pop(pick)
-            claim, ops = self._claim_ops(sid, todo)
+            claim, ops = self._claim_ops(sid, self._todo_record(sid, todo))
             t0 = time.monotonic()
             if self._take(claim, f"claim slice {sid}", self.k.claim + sid,
                           [Compare.mod(self.k.todo + sid) == mod_rev], ops):
@@ -94,7 +100,7 @@ class Claiming:
         ``record`` is what the claim key will hold, and the ``attempts/<s>`` record to write."""
         attempt_no = todo.attempts + 1
         me = self.session.worker_id
-        attempt = f"{me}.{uuid.uuid4().hex[:8]}"
+        attempt = attempt_id(me)
         claim = Claim(self, sid, self.slice_index(sid), attempt, attempt_no, self.session.lease_generation,
                       record=ClaimRecord(worker=me, attempt=attempt, attempt_no=attempt_no, started=time.time()))
         return claim, AttemptRecord(attempts=attempt_no, worker=me, copies=0, error=todo.error)
@@ -121,7 +127,7 @@ class Claiming:
             if sid == exclude:
                 continue
             try:
-                claim, ops = self._claim_ops(sid, todo)
+                claim, ops = self._claim_ops(sid, self._todo_record(sid, todo))
             except ValueError:
                 continue
             ops.insert(1, Op.put(self.k.claim + sid, claim.held_value(), lease=lease))
@@ -140,7 +146,7 @@ class Claiming:
         race is a wasted transaction); a random, bounded window spreads them out, and a bounded key
         range keeps the read cheap (etcd counts every key of a range, whatever the limit).
         """
-        st, todo = self.store, self.k.todo
+        todo = self.k.todo
         found: List[Tuple[str, bytes, Any]] = []
         if not self.session.standalone and self.num_slices > CANDIDATES:
             for _ in range(2):
@@ -158,7 +164,12 @@ class Claiming:
             if self._planned(sid) is None:
                 self._ignore(rel, "its slice id is not in the plan")
                 continue
-            self._candidates.append((sid, TodoRecord.tolerant(raw, st.key(rel)), meta.mod_revision))
+            self._candidates.append((sid, raw, meta.mod_revision))
+
+    def _todo_record(self, sid: str, raw: bytes) -> TodoRecord:
+        """A candidate's todo record, decoded only once it is picked: a refill reads up to
+        CANDIDATES of them, most of which go to other workers before we would get to them."""
+        return TodoRecord.tolerant(raw, self.store.key(self.k.todo + sid))
 
     def _todo_range(self, start_rel: str, end_rel: Optional[str]) -> List[Tuple[str, bytes, Any]]:
         """Up to CANDIDATES todo keys from ``start_rel`` (raw values: one bad value spoils no claim)."""
@@ -249,7 +260,7 @@ class Claiming:
         me = self.session.worker_id
         for sid, record, meta, attempts, att_meta in self._copy_targets():
             index = self.slice_index(sid)
-            attempt = f"{me}.{uuid.uuid4().hex[:8]}"
+            attempt = attempt_id(me)
             claim = Claim(self, sid, index, attempt, record["a"], self.session.lease_generation, backup=True,
                           record=ClaimRecord(worker=me, attempt=attempt, attempt_no=record["a"], started=time.time(),
                                              of=record.get("at")))

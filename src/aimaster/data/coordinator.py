@@ -46,7 +46,6 @@ from aimaster.data.handovers import Handovers
 from aimaster.data.inflight import InFlight
 from aimaster.data.keys import DatasetKeys
 from aimaster.data.planning import CHUNK_BYTES, TXN_OPS, Planning
-from aimaster.data.records import TodoRecord
 from aimaster.data.session import WorkerSession
 
 __all__ = ["CANDIDATES", "CHUNK_BYTES", "CLAIM_WINDOW", "TXN_OPS", "Claim", "Dataset", "PlanData",
@@ -77,7 +76,7 @@ class Dataset(Planning, Claiming, Committing, InFlight, Completion, Handovers):
         self.k = DatasetKeys(ds_id)
         self.max_attempts = max_attempts if max_attempts is not None else settings.max_slice_attempts
         self.plan: Optional[Dict[str, Any]] = None
-        self._candidates: List[Tuple[str, TodoRecord, int]] = []  # (slice id, todo record, mod revision)
+        self._candidates: List[Tuple[str, bytes, int]] = []  # (slice id, raw todo value, mod revision)
         self._next: Optional[Claim] = None  # claimed inside the previous commit's transaction
         self._chunks: Dict[int, List[str]] = {}
         self._chunk_starts: List[int] = []
