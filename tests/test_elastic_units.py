@@ -333,3 +333,38 @@ def test_close_after_etcd_is_gone_does_not_wait_out_the_retries(tmp_path):
     t0 = time.monotonic()
     w.close()
     assert time.monotonic() - t0 < 10
+
+
+def test_candidate_window_widens_as_free_slices_thin_out(make_session):
+    """With most slices taken, a 1,024-id window holds few free ones: the next read spans more ids
+    so that it again finds about CANDIDATES of them (etcd's cost is the keys in the range, not the
+    ids it spans), and a full read narrows it again. Claims stay correct throughout."""
+    from aimaster.data.claiming import CANDIDATES, CLAIM_WINDOW
+    from aimaster.data.store import Op
+
+    w, peer = make_session("W"), make_session("P")
+    ds = Dataset(w, "ds")
+    ds.ensure_plan(lambda: PlanData("table", 20000, {}), 1)
+    Dataset(peer, "ds").ensure_plan(lambda: PlanData("table", 20000, {}), 1)
+    # Every slice but one in 50 is gone from todo (as if claimed by peers): 400 free slices.
+    gone = [ds.slice_id(i) for i in range(20000) if i % 50]
+    for at in range(0, len(gone), 1000):
+        w.store.txn("take", [], [Op.delete(ds.k.todo + sid) for sid in gone[at:at + 1000]])
+    assert ds._window == CLAIM_WINDOW
+    sizes = []
+    for _ in range(6):
+        ds._candidates = []
+        ds._refill_candidates()
+        sizes.append(len(ds._candidates))
+    assert ds._window > CLAIM_WINDOW  # about 20 free slices in 1,024 ids: the window grew
+    assert max(sizes[1:]) >= CANDIDATES // 2, sizes  # once widened, reads find many candidates again
+    assert all(int(sid) % 50 == 0 for sid, _, _ in ds._candidates)
+    claim = ds.try_claim()
+    assert claim is not None and claim.index % 50 == 0 and ds.commit(claim)
+    # Everything free again (requeued): a full read halves the window back towards its floor.
+    for at in range(0, len(gone), 1000):
+        w.store.txn("requeue", [], [Op.put(ds.k.todo + sid, {"a": 0, "e": None}) for sid in gone[at:at + 1000]])
+    for _ in range(12):
+        ds._candidates = []
+        ds._refill_candidates()
+    assert ds._window == CLAIM_WINDOW and len(ds._candidates) == CANDIDATES

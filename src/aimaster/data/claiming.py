@@ -151,9 +151,11 @@ class Claiming:
         if not self.session.standalone and self.num_slices > CANDIDATES:
             for _ in range(2):
                 r = random.randrange(self.num_slices)
-                end = r + CLAIM_WINDOW
+                end = r + self._window
                 found = self._todo_range(todo + self.slice_id(r),
                                          todo + self.slice_id(end) if end < self.num_slices else None)
+                if end < self.num_slices:  # a window cut short by the last slice says nothing of density
+                    self._widen_window(len(found))
                 if found:
                     break
         if not found:
@@ -170,6 +172,21 @@ class Claiming:
         """A candidate's todo record, decoded only once it is picked: a refill reads up to
         CANDIDATES of them, most of which go to other workers before we would get to them."""
         return TodoRecord.tolerant(raw, self.store.key(self.k.todo + sid))
+
+    def _widen_window(self, found: int) -> None:
+        """Size the next candidate window to the density of free slices the last one showed.
+
+        Claimed slices leave no todo key behind, so as the data drains a fixed window holds fewer
+        and fewer candidates: refills grow frequent, and peers end up racing for the few left
+        (near the end, every worker falling back to the *first* free slices). etcd's cost of a
+        range is the keys inside it, not the ids it spans, so a window that widens as the free
+        slices thin out costs no more to read and keeps about CANDIDATES of them in each.
+        """
+        if found >= CANDIDATES:  # a full read: the density may be higher again (slices requeued)
+            self._window = max(CLAIM_WINDOW, self._window // 2)
+        else:
+            self._window = min(max(self.num_slices, CLAIM_WINDOW),
+                               max(CLAIM_WINDOW, self._window * CANDIDATES // max(found, 1)))
 
     def _todo_range(self, start_rel: str, end_rel: Optional[str]) -> List[Tuple[str, bytes, Any]]:
         """Up to CANDIDATES todo keys from ``start_rel`` (raw values: one bad value spoils no claim)."""
