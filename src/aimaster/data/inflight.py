@@ -117,18 +117,20 @@ class InFlight:
         if self.store.count(self.k.todo):
             return False
         held = self.in_flight()  # claims before beats: a beat older than a claim cannot park it
-        done, failed = self.completion()
-        settled = set(done) | set(failed)
-        open_slices = {sid: holders for sid, holders in held.items() if sid not in settled}
-        if len(settled) + len(open_slices) < self.num_slices:
-            return False
         beats = self._beats()
         me = speculation.family(self.session.worker_id)
-        for sid, holders in open_slices.items():
+        # A slice that a live peer is still working on keeps us waiting, whatever the commit records
+        # say (the commit that settles a slice deletes its claim and copy keys in the same
+        # transaction). Asked first, as it is cheap: otherwise every worker that runs out of free
+        # slices would read and validate every commit record while the last ones are being committed.
+        for sid, holders in held.items():
             ref = f"{self.ds_id}/{sid}"
             if not any(speculation.family(h) == me or records.beat_parks(beats.get(h), ref) for h in holders):
                 return False
-        return True
+        done, failed = self.completion()
+        settled = set(done) | set(failed)
+        open_slices = [sid for sid in held if sid not in settled]
+        return len(settled) + len(open_slices) >= self.num_slices
 
     def requeue_lost(self) -> int:
         """Put back every slice that is in no state (its holder's lease expired). Returns how many."""
