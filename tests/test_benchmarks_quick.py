@@ -36,6 +36,15 @@ def test_coordination_quick(tmp_path):
         assert row["aimaster"]["ops"] == row["files"]["ops"] == res["params"]["slices"]
 
 
+def test_txn_shape_quick(tmp_path):
+    # The script refuses to run when its replica of the commit's transaction differs from the one a
+    # real Dataset.commit sends, and fails when any transaction's comparisons fail.
+    res = _run(tmp_path, "txn_shape.py", "--quick")
+    assert [row["clients"] for row in res["rows"]] == [1, 4]
+    for row in res["rows"]:
+        assert row["commit"]["txns"] == row["raw"]["txns"] == 400 and row["ratio"] > 0
+
+
 def test_scale_quick(tmp_path):
     res = _run(tmp_path, "scale.py", "--quick")
     summary = res["summary"]
