@@ -151,17 +151,12 @@ class SliceFeed:
                     claim = claims_module.take_banked(dataset.ds_id) if queue.banks else None
                     if claim is None and lent is not None and not queue.on_demand:
                         claim = lent.take(dataset)
-                    if claim is not None:
-                        claim.claimed_at = time.time()  # its duration runs from now, as try_claim's
-                    else:
-                        claim = dataset.try_claim()
+                    claim = _handed(claim) if claim is not None else dataset.try_claim()
                     if claim is None and lent is not None and lent.waiting():
                         # Nothing free, but a claim lent to us is on its way through the queue
                         # (a loaded machine delays the consumer's feeder thread): ending now would
                         # leave it until the pass ends, and the consumer would start another pass.
-                        claim = lent.take(dataset, wait=LENT_AT_END_S)
-                        if claim is not None:
-                            claim.claimed_at = time.time()
+                        claim = _handed(lent.take(dataset, wait=LENT_AT_END_S))
                     if claim is None:
                         claim = dataset.try_copy()
                 if claim is None:
@@ -259,6 +254,14 @@ class _Queue:
         with self._cv:
             self._stopped = True
             self._cv.notify_all()
+
+
+def _handed(claim: Optional[Claim]) -> Optional[Claim]:
+    """A claim this reader did not take itself (banked, or lent by the consumer's commit): its
+    duration runs from now, when the reader starts it, as that of a claim from ``try_claim``."""
+    if claim is not None:
+        claim.claimed_at = time.time()
+    return claim
 
 
 def _release(dataset: Dataset, claim: Claim, error: Optional[str] = None) -> None:
