@@ -159,3 +159,34 @@ def test_a_job_over_cjk_named_files_runs(tmp_path):
         env=clean_env(), capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
     assert_exactly_once(str(out), inputs)
+
+
+def test_a_leased_claim_forged_on_a_committed_slice_does_not_hang_a_worker_holding_its_last_slice(make_session):
+    """PAI's DataWriter asks for the next slice before committing the one in hand. A claim key
+    written by hand on a slice already committed, bound to that worker's own live lease (so it never
+    expires while the worker waits), names a worker that is not working on it: the waiting worker
+    must still learn that nothing is left for it, commit its slice, and the dataset complete."""
+    from aimaster.data import OutOfRangeException
+
+    a = make_session("w-a")
+    ds = _dataset(a, 3, 1)
+    for _ in range(2):
+        assert ds.commit(ds.next_claim())
+    last = ds.next_claim()
+    committed = sorted(sid for sid, _ in ds.committed())
+    a.store.put(f"ds/{ds.ds_id}/claim/{committed[0]}", {"w": "mallory", "at": "mallory.1", "a": 1, "t": 0},
+                lease=a.lease)
+    result = {}
+
+    def ask():
+        try:
+            ds.next_claim()
+        except OutOfRangeException as e:
+            result["end"] = str(e)
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    thread.join(20)
+    assert "end" in result, "a worker holding its last slice waited forever on a forged claim"
+    assert ds.commit(last)
+    assert ds.is_complete()

@@ -46,15 +46,9 @@ class Completion:
 
         Raw key counts come first: they are cheap, and forged keys can only inflate them, so a
         count short of the plan settles it. Only a count that claims completion is checked key
-        by key. Cheapest of all, asked before them: a slice still claimed is not committed (its
-        commit deletes the claim in the same transaction). etcd walks every key it counts, so
-        counting the commit records costs in proportion to the dataset, and every waiting worker
-        asks each round while the last slices are being committed; the claims are at most a few
-        per worker.
+        by key.
         """
         st = self.store
-        if st.count(self.k.claim):
-            return False
         if st.count(self.k.done) + st.count(self.k.failed) < self.num_slices:
             return False
         done, failed = self.completion()

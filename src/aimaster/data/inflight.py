@@ -119,18 +119,28 @@ class InFlight:
         held = self.in_flight()  # claims before beats: a beat older than a claim cannot park it
         beats = self._beats()
         me = speculation.family(self.session.worker_id)
-        # A slice that a live peer is still working on keeps us waiting, whatever the commit records
-        # say (the commit that settles a slice deletes its claim and copy keys in the same
-        # transaction). Asked first, as it is cheap: otherwise every worker that runs out of free
+        # A slice that a live peer is still working on keeps us waiting, unless its own record
+        # settles it (a claim key can outlive its slice's commit only if written by hand). Asked
+        # first, one slice at a time, as it is cheap: otherwise every worker that runs out of free
         # slices would read and validate every commit record while the last ones are being committed.
         for sid, holders in held.items():
             ref = f"{self.ds_id}/{sid}"
-            if not any(speculation.family(h) == me or records.beat_parks(beats.get(h), ref) for h in holders):
+            if not any(speculation.family(h) == me or records.beat_parks(beats.get(h), ref) for h in holders) \
+                    and not self._settled(sid):
                 return False
         done, failed = self.completion()
         settled = set(done) | set(failed)
         open_slices = [sid for sid in held if sid not in settled]
         return len(settled) + len(open_slices) >= self.num_slices
+
+    def _settled(self, sid: str) -> bool:
+        """Whether slice ``sid`` has a commit or failure record that validates, read for this slice
+        alone, and judged as :meth:`completion` judges every record."""
+        for kind, prefix in (("done", self.k.done), ("failed", self.k.failed)):
+            raw, meta = self.store.get_raw(prefix + sid)
+            if raw is not None and any(True for _ in self._believed(kind, [(prefix + sid, raw, meta)])):
+                return True
+        return False
 
     def requeue_lost(self) -> int:
         """Put back every slice that is in no state (its holder's lease expired). Returns how many."""
