@@ -83,3 +83,18 @@ def test_check_command(tmp_path):
             check_command(["infer.sh"])
     finally:
         os.chdir(cwd)
+
+
+@pytest.mark.parametrize("options, says", [
+    (("--warm-spares", "1", "--slow-worker-multiplier", "0"), "--warm-spares only replace slow workers"),
+    (("--warm-spares", "1", "--gpus-per-worker", "1", "--gpus", "0,1"),
+     "--warm-spares needs the local launcher without --gpus-per-worker"),
+    (("--warm-spares", "-1"), "Invalid value for '--warm-spares'"),
+])
+def test_warm_spares_that_cannot_work_are_a_usage_error(tmp_path, options, says):
+    state = tmp_path / "state"
+    r = run_aimaster("run", "-n", "2", "--state-dir", str(state), *options, "--", sys.executable, "-c", "pass",
+                     timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr and "Traceback" not in r.stderr and len(r.stderr.splitlines()) <= 4, r.stderr
+    _no_job_left(state)

@@ -26,7 +26,7 @@ from helpers import (
     wait_for,
 )
 
-from aimaster.data.store import EtcdConfig, Store, job_prefix
+from aimaster.data.store import Compare, EtcdConfig, Op, Store, job_prefix
 from aimaster.master.launcher import pid_alive
 
 WORKER = program("file_worker.py")
@@ -313,6 +313,67 @@ def test_slow_worker_is_replaced(tmp_path, jobs):
     [w1] = [e for e in report["worker_exits"] if e["worker"] == "w1"]
     assert w1["stopped"] == "slow"
     assert any(w["worker_id"] == "w1-r1" and w["slices"] > 0 for w in report["workers"])
+
+
+def _job_processes(job_id):
+    """Pids of processes whose environment names this job (workers, spares, their children)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    if f"AIMASTER_JOB_ID={job_id}".encode() in f.read().split(b"\0"):
+                        found.append(int(pid))
+            except OSError:
+                pass
+    return found
+
+
+def test_a_warm_spare_takes_a_slow_workers_place(tmp_path, jobs):
+    """--warm-spares 1: the spare runs the program up to its first aimaster call and waits; the slow
+    worker's replacement is that spare, in its slot under the replacement's id; the spare started
+    after it is stopped when the job ends, and nothing of the job is left running."""
+    job = jobs(tmp_path, "spare", 1200, workers=2, env={"FILE_SLEEP": "0.02", "SLOW_WORKERS": "w1",
+                                                          "SLOW_FACTOR": "10"}, extra=("--warm-spares", "1"))
+    r = job.run()
+    assert r.returncode == 0, r.stderr
+    assert "started warm spare spare0" in r.stderr, r.stderr
+    assert "worker w1 is slow" in r.stderr and "took its place as w1-r1" in r.stderr, r.stderr
+    assert_exactly_once(str(job.out), job.inputs)
+    report = job.report()
+    assert report["replaced_slow"] == ["w1"] and report["relaunches"] == {"slow": 1}
+    assert report["warm_spares"]["used"] == 1 and report["warm_spares"]["started"] >= 1, report["warm_spares"]
+    assert report["launched"] == 2, "the replacement was a new process, not the spare"
+    assert any(w["worker_id"] == "w1-r1" and w["slices"] > 0 for w in report["workers"])
+    assert "warm spare spare0 runs as worker w1-r1" in (job.path / "logs" / "spare-0.err").read_text()
+    exits = {e["worker"]: e for e in report["worker_exits"]}
+    assert exits["w1"]["stopped"] == "slow" and "spare0" not in exits and "spare1" not in exits, exits
+    assert _job_processes("spare") == []
+
+
+def test_a_forged_spare_record_is_never_handed_a_slot(tmp_path, jobs):
+    """Someone rewrites the ready spare's record (a "go" naming a worker id that is not a name): the
+    spare ignores it and says so, the master never hands that spare the slot (its own "ready" record
+    is gone) and replaces the slow worker by a new process; the spare is stopped at the end."""
+    job = jobs(tmp_path, "forgedspare", 1200, workers=2, env={"FILE_SLEEP": "0.02", "SLOW_WORKERS": "w1",
+                                                                "SLOW_FACTOR": "10"}, extra=("--warm-spares", "1"))
+    job.start()
+    store = job.store()
+    wait_for(lambda: (store.get("spares/spare0")[0] or {}).get("state") == "ready", timeout=60, what="a ready spare")
+    raw, meta = store.get_raw("spares/spare0")
+    forged = {"state": "go", "worker_id": "../../w1", "slot": 1, "incarnation": 1}
+    ok, _ = store.txn("forge", [Compare.mod("spares/spare0") == meta.mod_revision], [Op.put("spares/spare0", forged)])
+    assert ok, "the spare's record changed before the test could forge it"
+    assert job.wait() == 0, job.output_text()
+    text = job.output_text()
+    assert "worker w1 is slow" in text and "started w1-r1 to replace it" in text, text
+    assert_exactly_once(str(job.out), job.inputs)
+    report = job.report()
+    assert report["warm_spares"] == {"started": 1, "used": 0}, report["warm_spares"]
+    assert report["launched"] == 3, "the slow worker's replacement was not a new process"
+    spare_err = (job.path / "logs" / "spare-0.err").read_text()
+    assert spare_err.count("is not a name") == 1 and "runs as worker" not in spare_err, spare_err
+    assert _job_processes("forgedspare") == []
 
 
 def test_workers_join_and_leave(tmp_path, jobs):

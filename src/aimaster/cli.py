@@ -108,6 +108,10 @@ def cli() -> None:
 @click.option("--slow-worker-min-samples", type=click.IntRange(1), default=DEFAULTS.slow_worker_min_samples,
               show_default=True,
               help="Slice durations the peers must have reported before a worker can be called slow.")
+@click.option("--warm-spares", type=click.IntRange(0), default=0, show_default=True,
+              help="Start this many extra worker processes that run COMMAND up to its first aimaster call "
+                   "and wait there: a slow worker's replacement then takes over in a fraction of a second "
+                   "instead of a fresh process's start-up (local launcher, no --gpus-per-worker).")
 @click.option("--metrics-port", type=click.IntRange(1, 65535),
               help="Serve Prometheus metrics on this port (http://HOST:PORT/metrics). Off by default.")
 @click.option("--metrics-grace", type=click.FloatRange(0), default=30.0, show_default=True,
@@ -132,9 +136,9 @@ def cli() -> None:
 def run(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etcd_key, state_dir, min_workers,
         launch_interval, standby, job_execution_mode, fault_tolerant_policy, max_num_of_same_error,
         enable_job_hang_detection, job_hang_interval, lease_ttl, max_slice_attempts, speculation,
-        speculation_multiplier, max_slice_copies, slow_worker_multiplier, slow_worker_min_samples, metrics_port,
-        metrics_grace, log_max_bytes, log_backups, tee, quiet, command, slice_timeout=None, listen=None, advertise=None,
-        insecure=False, **launcher_kw) -> None:
+        speculation_multiplier, max_slice_copies, slow_worker_multiplier, slow_worker_min_samples, warm_spares,
+        metrics_port, metrics_grace, log_max_bytes, log_backups, tee, quiet, command, slice_timeout=None, listen=None,
+        advertise=None, insecure=False, **launcher_kw) -> None:
     """Run COMMAND as a job on WORKERS worker processes: aimaster run -n 4 -- python infer.py
 
     Exits 0 when the job Succeeded, 1 when it Failed, 130 when stopped with Ctrl-C or
@@ -166,6 +170,7 @@ def run(workers, job_id, etcd, etcd_user, etcd_password, etcd_ca, etcd_cert, etc
     workers_given = click.get_current_context().get_parameter_source("workers") != ParameterSource.DEFAULT
     workers, opts.launcher = launcher_from_options(workers, workers_given, **launcher_kw)
     opts.workers = workers
+    opts.warm_spares = _warm_spares(warm_spares, slow_worker_multiplier, opts.launcher)
     click.echo(f"aimaster: job {job_id} ({workers} worker(s){', standby' if standby else ''}); state in "
                f"{JobStateDir(opts.state_root, job_id).path}", err=True)
     sys.exit(Master(opts).run())
@@ -361,6 +366,19 @@ def demo(workers, num_files, slice_size, workdir, text) -> None:
 cli.add_command(retry.make_retry_command(run))
 cli.add_command(engine_commands.k8s)  # aimaster k8s render/submit/status/delete
 cli.add_command(engine_commands.slurm_group(run), "slurm")  # aimaster slurm script: run's options too
+
+
+def _warm_spares(count: int, slow_multiplier: float, launcher) -> int:
+    """``--warm-spares``, checked: spares only replace slow workers, and only a launcher that starts
+    workers without a slot (local, no per-slot GPUs) can start one ahead."""
+    if not count:
+        return 0
+    if not slow_multiplier:
+        raise click.UsageError("--warm-spares only replace slow workers: it needs --slow-worker-multiplier > 0")
+    if launcher is not None and not launcher.spares:
+        raise click.UsageError(f"--warm-spares needs the local launcher without --gpus-per-worker "
+                               f"(here: {launcher.describe()}): a spare is started before it knows its slot")
+    return count
 
 
 def _command(command) -> List[str]:

@@ -5,6 +5,8 @@ Everything lives under ``/aimaster/v1/jobs/<job-id>/``::
     job                         job record: state, created, options (master writes)
     master                      the elected master's record, bound to its lease
     standby/<id>                a standby master waiting for the master key (bound to its lease)
+    spares/<spare>              a warm spare worker: "ready" (it writes), or "go" with the identity the
+                                master hands it to replace a slow worker (aimaster.data.spare)
     workers/<worker>            a live worker (bound to its lease): host, pid, started, slot, launcher
     beat/<worker>               a worker's progress heartbeat (bound to its lease): time, state, slices held
     stats/<worker>              a worker's counters: slices, items, first/last commit time, recent slice
@@ -67,9 +69,15 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
+def is_name(value: object) -> bool:
+    """Whether ``value`` is a name :func:`check_name` accepts (for names read back from etcd)."""
+    return isinstance(value, str) and bool(_SAFE.match(value))
+
+
 JOB = "job"
 MASTER = "master"
 STANDBY = "standby/"
+SPARES = "spares/"
 WORKERS = "workers/"
 BEATS = "beat/"
 STATS = "stats/"
@@ -104,6 +112,10 @@ def beat(worker_id: str) -> str:
 
 def standby(standby_id: str) -> str:
     return f"{STANDBY}{standby_id}"
+
+
+def spare(spare_id: str) -> str:
+    return f"{SPARES}{spare_id}"
 
 
 def joiner(name: str) -> str:

@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass
 from typing import Optional
 
-from aimaster.data import keys
+from aimaster.data import keys, spare
 from aimaster.data.etcd_server import EmbeddedEtcd
 from aimaster.data.preemption import Preempted, preempt, quiet_child_handler
 from aimaster.data.session import WorkerSession
@@ -94,6 +94,13 @@ def current_session() -> WorkerSession:
             if child:
                 worker_id = f"{worker_id}.{os.getpid()}"
             store = Store(ctx.etcd, job_prefix(ctx.job_id))
+            spare_id = os.environ.get(spare.SPARE_ENV)
+            if spare_id and not child:
+                # A warm spare (aimaster run --warm-spares): the program got here with its imports
+                # done and its model built; it waits until the master needs a worker.
+                ident = spare.wait_until_needed(store, spare_id)
+                spare.take_on(spare_id, ident)
+                worker_id = ident.worker_id
             _session = WorkerSession(store, worker_id, register=not child)
             _session.standalone = ctx.standalone
             install_sigterm_handler()

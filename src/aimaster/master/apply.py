@@ -84,11 +84,14 @@ def apply(m, actions: Iterable[Any], worker: Optional[Worker] = None) -> Optiona
         elif isinstance(a, act.TerminateWorker):
             m.fleet.terminate(m.fleet.find(a.worker_id), a.reason, grace=a.grace)
         elif isinstance(a, act.ReplaceWorker):
-            new = m.fleet.replace(m.fleet.find(a.worker_id))
+            slow, used = m.fleet.find(a.worker_id), m.fleet.spares_used
+            new = m.warm.replace(slow) if m.warm is not None else m.fleet.replace(slow)
             m.relaunches["slow"] = m.relaunches.get("slow", 0) + 1
             m.replaced.append(a.worker_id)
+            how = f"warm spare (pid {new.pid}) took its place as {new.worker_id}" if m.fleet.spares_used > used \
+                else f"started {new.worker_id} to replace it"
             m._log(f"worker {a.worker_id} is slow ({a.pace:.2f}s per slice, its peers' median is {a.typical:.2f}s): "
-                   f"started {new.worker_id} to replace it")
+                   + how)
         elif isinstance(a, act.CancelPending):
             m._log(f"all slices are committed: {a.count} pending worker start(s) cancelled")
             m.fleet.pending.clear()

@@ -147,7 +147,8 @@ class JobEnd:
         run = reporting.RunRecord(
             self.opts.job_id, self.opts.command, self.started, self.generation, self.fail_reason,
             self.relaunches, self.replaced, self.adopted, self.fleet.launched if self.fleet else 0,
-            self.guard.restarts if self.guard else 0, self.history)
+            self.guard.restarts if self.guard else 0, self.history,
+            {"started": self.fleet.spares_launched, "used": self.fleet.spares_used} if self.fleet else {})
         stats = {wid: info.stats for wid, info in self.watch.workers.items()} if self.watch else {}
         previous = None if self.opts.join_only else self.state.read_json(self.state.report)
         return reporting.assemble(run, state, view, self._dataset, stats, previous,

@@ -36,6 +36,10 @@ class Fleet:
         self._terminating: Dict[int, float] = {}  # id(worker) -> when to SIGKILL
         self.launched = 0
         self.replacements: Dict[int, int] = {}  # slot -> slow-worker replacements so far
+        # Warm spares (aimaster.data.spare): started, waiting for a slot; not workers until they take one.
+        self.spares: List[Worker] = []
+        self.spares_launched = 0
+        self.spares_used = 0
         # Told (worker, "TERM" | "KILL", reason) whenever we stop a worker: the supervisor records
         # why in etcd (aimaster.master.stop_requests), so status can tell this from a preemption.
         self.on_stop: Optional[Callable[[Worker, str, str], None]] = None
@@ -103,15 +107,55 @@ class Fleet:
             started.append((self.launch(slot, incarnation), cause))
         return started
 
+    def launch_spare(self) -> Worker:
+        w = self.launcher.start_spare(self.spares_launched, self.command, self.env(), self.log_dir, self.id_suffix,
+                                      self.logs)
+        self.spares.append(w)
+        self.spares_launched += 1
+        return w
+
+    def reap_spares(self) -> List[Worker]:
+        """Spares that ended since the last call (never needed, or crashed while starting)."""
+        dead = [w for w in self.spares if w.poll() is not None]
+        for w in dead:
+            self.spares.remove(w)
+            self._terminating.pop(id(w), None)
+        return dead
+
+    def stop_spares(self, grace: float = 2.0) -> None:
+        """SIGTERM every spare (SIGKILL after ``grace``, see :meth:`tick`); no stop request is recorded:
+        a spare never was a worker of the job."""
+        now = time.monotonic()
+        for w in self.spares:
+            if id(w) in self._terminating or w.poll() is not None:
+                continue
+            w.stop_reason = w.stop_reason or "spare"
+            w.signal(signal.SIGTERM)
+            w.signal(signal.SIGCONT)
+            self._terminating[id(w)] = now + grace
+
     # ------------------------------------------------------------------ replacing and stopping
-    def replace(self, worker: Worker) -> Worker:
-        """Start a fresh incarnation in a slow worker's slot now; the old one retires once it runs."""
+    def next_incarnation(self, worker: Worker) -> int:
+        return self.incarnations.get(worker.slot, worker.incarnation) + 1
+
+    def replace(self, worker: Worker, spare: Optional[Worker] = None) -> Worker:
+        """Put a fresh incarnation in a slow worker's slot now: a warm spare already told to take it
+        (``spare``), or a new process; the old one retires once the new one runs."""
         slot = worker.slot
+        incarnation = self.next_incarnation(worker)
         self.slots.pop(slot, None)
         self.extra.append(worker)
         worker.stop_reason = "slow"
         self.replacements[slot] = self.replacements.get(slot, 0) + 1
-        new = self.launch(slot, self.incarnations.get(slot, worker.incarnation) + 1)
+        if spare is not None:
+            self.spares.remove(spare)
+            spare.become(slot, incarnation, self.id_suffix)
+            self.slots[slot] = spare
+            self.incarnations[slot] = incarnation
+            self.spares_used += 1
+            new = spare
+        else:
+            new = self.launch(slot, incarnation)
         worker.replaced_by = new.worker_id
         return new
 
@@ -136,7 +180,7 @@ class Fleet:
 
     def tick(self) -> None:
         now = time.monotonic()
-        for w in self.all():
+        for w in self.all() + self.spares:
             deadline = self._terminating.get(id(w))
             if deadline is not None and now >= deadline and w.poll() is None:
                 w.signal(signal.SIGKILL)
@@ -145,4 +189,7 @@ class Fleet:
         for w in self.live():
             w.stop_reason = w.stop_reason or reason
             self._note(w, "TERM")
-        stop_all(self.live(), grace)
+        for w in self.spares:
+            w.stop_reason = w.stop_reason or "spare"
+        stop_all(self.live() + self.spares, grace)
+        self.reap_spares()

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from aimaster.data.spare import SPARE_ENV
 from aimaster.master.logpump import worker_lines
 from aimaster.master.policy import oom_kill_count
 
@@ -37,6 +38,11 @@ class LogOptions:
 
 def worker_name(slot: int, incarnation: int, suffix: str = "") -> str:
     return (f"w{slot}" if incarnation == 0 else f"w{slot}-r{incarnation}") + suffix
+
+
+def spare_name(number: int, suffix: str = "") -> str:
+    """A warm spare's id until it becomes a worker (:mod:`aimaster.data.spare`)."""
+    return f"spare{number}{suffix}"
 
 
 class Worker:
@@ -70,6 +76,23 @@ class Worker:
             self.err_offset = os.path.getsize(self.err_path)
         except OSError:
             self.err_offset = 0
+
+    def _launched_as_spare(self, number: int, id_suffix: str, log_dir: str) -> None:
+        """A warm spare we launch: no slot yet (-1), log files of its own."""
+        self.slot = -1
+        self.incarnation = 0
+        self.worker_id = spare_name(number, id_suffix)
+        self.out_path = os.path.join(log_dir, f"spare-{number}.out")
+        self.err_path = os.path.join(log_dir, f"spare-{number}.err")
+        self.err_offset = 0
+
+    def become(self, slot: int, incarnation: int, id_suffix: str) -> None:
+        """A warm spare takes on a worker's identity (its log files stay its own). Its launch time is
+        now: start-up, hang and slowness rules measure the worker, not the wait."""
+        self.slot = slot
+        self.incarnation = incarnation
+        self.worker_id = worker_name(slot, incarnation, id_suffix)
+        self.launched = time.monotonic()
 
     def _registered_as(self, worker_id: str, record: Dict[str, Any]) -> None:
         """A worker someone else launched, known by its registration record (read from etcd)."""
@@ -161,7 +184,8 @@ def start_pump(worker_id: str, slot: int, incarnation: int, out_path: str, err_p
         pump = subprocess.Popen(
             [sys.executable, "-I", LOG_PUMP, str(out_r), str(err_r), out_path, err_path,
              str(logs.max_bytes), str(logs.backups), worker_id if logs.tee else "",
-             f"{worker_id} started: slot {slot}" + (f", relaunch {incarnation}" if incarnation else "")],
+             f"{worker_id} started: " + ("a warm spare" if slot < 0 else f"slot {slot}")
+             + (f", relaunch {incarnation}" if incarnation else "")],
             pass_fds=(out_r, err_r), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
     except BaseException:
         os.close(out_w)
@@ -181,11 +205,17 @@ class WorkerProcess(Worker):
     """
 
     def __init__(self, slot: int, command: Sequence[str], env: Dict[str, str], log_dir: str,
-                 incarnation: int = 0, id_suffix: str = "", logs: Optional[LogOptions] = None):
+                 incarnation: int = 0, id_suffix: str = "", logs: Optional[LogOptions] = None,
+                 spare: Optional[int] = None):
         super().__init__()
-        self._launched_as(slot, incarnation, id_suffix, log_dir)
+        if spare is None:
+            self._launched_as(slot, incarnation, id_suffix, log_dir)
+            env = worker_env(env, self.worker_id, slot, incarnation)
+        else:
+            self._launched_as_spare(spare, id_suffix, log_dir)
+            env = dict(worker_env(env, self.worker_id, -1, 0), **{SPARE_ENV: self.worker_id})
+        slot, incarnation = self.slot, self.incarnation
         logs = logs or LogOptions()
-        env = worker_env(env, self.worker_id, slot, incarnation)
         self.started = time.time()
         self.oom_kills_before = oom_kill_count()
         self.pump, out_w, err_w = start_pump(self.worker_id, slot, incarnation, self.out_path, self.err_path, logs)

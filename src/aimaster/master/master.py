@@ -69,6 +69,7 @@ from aimaster.master.run_options import RunOptions  # noqa: F401
 from aimaster.master.shutdown import shutdown
 from aimaster.master.slice_timeout import SliceTimeout
 from aimaster.master.slowness import SlowWorkerPolicy
+from aimaster.master.spares import WarmSpares
 from aimaster.master.state_dir import JobStateDir
 from aimaster.master.supervisor import EndFacts, Supervisor
 from aimaster.master.sync import SyncRestarts
@@ -122,6 +123,7 @@ class Master(JobEnd):
         self._last_sync_check = 0.0
         self._warned: set = set()
         self.wakeup = ChildExitWakeup()  # the loop's next round starts as soon as a worker exits
+        self.warm: Optional[WarmSpares] = None  # --warm-spares (aimaster.master.spares)
 
     # ------------------------------------------------------------------ setup
     def run(self) -> int:
@@ -200,6 +202,9 @@ class Master(JobEnd):
         # Why we stop a worker goes to etcd (stop/<w>); workers we cannot signal are stopped by request.
         self.fleet.on_stop = self._record_stop
         self.joined = None if opts.join_only else JoinedWorkers(self.watch, self._record_stop)
+        if opts.warm_spares and not opts.join_only:
+            self.warm = WarmSpares(self.store, self.fleet, opts.warm_spares, opts.workers, self.session.worker_id,
+                                   self._log)
         self.follower = StopRequestFollower(self.fleet, self.store, self._log) if opts.join_only else None
         try:
             view = self._view()
@@ -265,6 +270,8 @@ class Master(JobEnd):
                 apply.apply(self, self.slice_timeout.decide([apply.running(w) for w in self.fleet.live()], held, beats))
             self._replace_slow(view)
         self._retire_replaced()
+        if self.warm is not None:
+            self.warm.tick(complete, self._first_workers_registered())
         if complete:
             self._stop_moot()
         apply.requeue_lost(self, view)
@@ -323,9 +330,16 @@ class Master(JobEnd):
             return
         slot_workers = [apply.running(w) for w in self.fleet.slots.values() if w.poll() is None]
         inflight = {w.worker_id: self.watch.oldest_inflight(w.worker_id) for w in slot_workers}
+        startup = (self.warm.startup() if self.warm is not None else None) or self._startup_seconds()
         apply.apply(self, self.supervisor.slow(slot_workers, len(self.fleet.live()), sum(d.todo for d in view.datasets),
                                                self.fleet.replacements, self.opts.workers, self.watch.durations(),
-                                               inflight, self._startup_seconds()))
+                                               inflight, startup))
+
+    def _first_workers_registered(self) -> bool:
+        """Every slot's worker has registered and none is due: a spare started now takes no core from
+        a worker's own start-up."""
+        return not self.fleet.pending and bool(self.fleet.slots) and \
+            all(self.watch.registered(w.worker_id) for w in self.fleet.slots.values())
 
     def _startup_seconds(self) -> Optional[float]:
         """The median time this run's workers took from launch to registration (None: none yet).

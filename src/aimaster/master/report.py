@@ -12,7 +12,7 @@ worker was.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from aimaster.data.preemption import preempted_at
@@ -39,6 +39,7 @@ class RunRecord:
     launched: int
     etcd_restarts: int
     worker_exits: List[Dict[str, Any]]
+    spares: Mapping[str, int] = field(default_factory=dict)  # warm spares: {"started": n, "used": m}
 
 
 def assemble(run: RunRecord, state: str, view: JobView, dataset: Callable[[str], Any],
@@ -81,6 +82,7 @@ def assemble(run: RunRecord, state: str, view: JobView, dataset: Callable[[str],
         "replaced_slow": list(run.replaced),
         "adopted": list(run.adopted),
         "launched": run.launched,
+        "warm_spares": {"started": run.spares.get("started", 0), "used": run.spares.get("used", 0)},
         "etcd_restarts": run.etcd_restarts,
         "worker_exits": run.worker_exits,
         "workers": workers,
@@ -166,6 +168,9 @@ def summary_lines(report: Dict[str, Any], report_path: str) -> List[str]:
                      f"{', '.join(preempted[:12])}" + (" ..." if len(preempted) > 12 else ""))
     if report.get("replaced_slow"):
         lines.append(f"  slow workers replaced: {', '.join(report['replaced_slow'])}")
+    spares = report.get("warm_spares")
+    if isinstance(spares, dict) and spares.get("started"):
+        lines.append(f"  warm spares: {spares['started']} started, {spares.get('used', 0)} took a slow worker's place")
     if report.get("adopted"):
         lines.append(f"  workers adopted from the previous master: {', '.join(report['adopted'])}")
     failed = report.get("failed_slices", [])

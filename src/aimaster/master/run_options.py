@@ -46,6 +46,7 @@ class RunOptions:
     max_slice_copies: int = DEFAULTS.max_slice_copies
     slow_multiplier: float = DEFAULTS.slow_worker_multiplier  # 0: never replace slow workers
     slow_min_samples: int = DEFAULTS.slow_worker_min_samples
+    warm_spares: int = 0  # worker processes started ahead, waiting to replace a slow worker (aimaster.data.spare)
     completion_grace: float = DEFAULTS.completion_grace  # after the last commit, how long moot attempts may still run
     metrics_port: Optional[int] = None  # serve Prometheus metrics on this port (None: off)
     metrics_grace: float = 0.0  # seconds the endpoint serves the final values after the job ended

@@ -19,8 +19,8 @@ def shutdown(m) -> None:
     """End ``m``'s (a :class:`~aimaster.master.master.Master`) run: stop what it started, release what it holds."""
     if m.stepped_down:
         return  # the workers and etcd belong to the master that took over
-    if m.fleet is not None and m.fleet.live():
-        stop_all(m.fleet.live(), m.opts.stop_grace)
+    if m.fleet is not None and (m.fleet.live() or m.fleet.spares):
+        stop_all(m.fleet.live() + m.fleet.spares, m.opts.stop_grace)
     if m.opts.launcher is not None:
         m.opts.launcher.close()  # no Ray actor left behind
     if m.key is not None and m.store is not None:

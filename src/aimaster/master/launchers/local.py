@@ -25,6 +25,13 @@ class LocalLauncher(Launcher):
     def start(self, slot, incarnation, command, env, log_dir, id_suffix="", logs=None) -> Worker:
         return WorkerProcess(slot, command, self.slot_env(slot, env), log_dir, incarnation, id_suffix, logs)
 
+    @property
+    def spares(self) -> bool:  # a spare cannot know its slot's GPUs before it takes the slot
+        return not self.gpus
+
+    def start_spare(self, number, command, env, log_dir, id_suffix="", logs=None) -> Worker:
+        return WorkerProcess(-1, command, env, log_dir, 0, id_suffix, logs, spare=number)
+
     def describe(self) -> str:
         if not self.gpus:
             return self.name
