@@ -4,6 +4,7 @@
     python benchmarks/vs_ray.py --images 5000 --workers 4 --repeat 3
     python benchmarks/vs_ray.py --quick              # 300 images, 16-image slices: a smoke test (~2-3 min)
     python benchmarks/vs_ray.py --json out.json
+    python benchmarks/vs_ray.py --warm-spares 1     # aimaster run --warm-spares 1, clean and slow runs
 
 The job is the project's image example (examples/image_classification.py): generated 64x64 PNG
 images, decoded and normalized as the example's ``preprocess`` does, classified by its small CNN
@@ -24,6 +25,10 @@ each batch it sleeps (factor - 1) times what the batch took it. The slow one is 
 process to start (it takes a token file); a replacement aimaster launches is a healthy process, as on
 a degraded machine. For Ray the slow actor's own work is the normalization and the model (decoding
 is Ray's read tasks'); for aimaster a worker's own work includes decoding.
+
+With ``--warm-spares N`` every aimaster run (clean and slow alike) is ``aimaster run --warm-spares N``:
+N more worker processes start once the workers have registered and wait, imported, at their first
+aimaster call; the slow worker's replacement is one of them instead of a fresh process.
 
 Rounds run clean and slow for both systems back to back, so a busy spell of a shared machine hits
 both alike; figures are medians over ``--repeat`` rounds. Printed: wall times, aimaster / Ray (clean),
@@ -201,7 +206,8 @@ def run_job(system: str, work: str, name: str, inp: str, inputs: List[str], args
     factor = str(args.slow_factor if slow else 1)
     if system == "aimaster":
         cmd = [sys.executable, "-m", "aimaster.cli", "run", "-n", str(args.workers), "--job-id", name,
-               "--state-dir", os.path.join(work, name, "state"), "--quiet", "--",
+               "--state-dir", os.path.join(work, name, "state"), "--quiet",
+               *(["--warm-spares", str(args.warm_spares)] if args.warm_spares else []), "--",
                sys.executable, HERE, "--aimaster-worker", inp, out, str(args.slice_size), str(args.batch_size),
                factor, tokens]
     else:
@@ -231,6 +237,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--slow-factor", type=float, default=10.0)
     ap.add_argument("--slice-size", type=int, default=64, help="images per aimaster slice")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--warm-spares", type=int, default=0, help="aimaster run --warm-spares N (0: none)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds a job may take before the run fails")
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--aimaster-worker", nargs=6, help=argparse.SUPPRESS)
@@ -250,6 +257,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 setattr(args, name, value)
     if args.images <= 0 or args.workers <= 0 or args.repeat <= 0:
         ap.error("--images, --workers and --repeat must be positive")
+    if args.warm_spares < 0:
+        ap.error("--warm-spares must be 0 or more")
     try:
         import ray  # noqa: F401
         has_ray = True
@@ -284,7 +293,8 @@ def summarize(walls: Dict[str, List[float]], args, systems: List[str]) -> Dict[s
     med = {k: statistics.median(v) for k, v in walls.items()}
     res: Dict[str, Any] = {"images": args.images, "workers": args.workers, "repeat": args.repeat,
                            "slow_factor": args.slow_factor, "slice_size": args.slice_size,
-                           "batch_size": args.batch_size, "walls_s": walls, "median_s": med,
+                           "batch_size": args.batch_size, "warm_spares": args.warm_spares,
+                           "walls_s": walls, "median_s": med,
                            "loadavg_end": [round(x, 2) for x in os.getloadavg()], "ratios": {}}
     for s in systems:
         res["ratios"][f"{s}_straggler"] = round(med[f"{s}_slow"] / med[f"{s}_clean"], 3)
@@ -297,7 +307,8 @@ def summarize(walls: Dict[str, List[float]], args, systems: List[str]) -> Dict[s
 def print_report(res: Dict[str, Any]) -> None:
     med, r = res["median_s"], res["ratios"]
     print(f"\n{res['images']:,} images, {res['workers']} workers, one {res['slow_factor']:g}x slow in the slow runs; "
-          f"median of {res['repeat']} round(s); load average at the end {res['loadavg_end']}")
+          f"median of {res['repeat']} round(s); load average at the end {res['loadavg_end']}"
+          + (f"; aimaster with --warm-spares {res['warm_spares']}" if res.get("warm_spares") else ""))
     for s in ("aimaster", "ray"):
         if f"{s}_clean" in med:
             print(f"  {s:<9} clean {med[f'{s}_clean']:8.2f} s   slow {med[f'{s}_slow']:8.2f} s   "
