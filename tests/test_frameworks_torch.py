@@ -227,3 +227,23 @@ def test_an_input_replaced_by_a_fifo_fails_its_slice_in_the_dataloader_instead_o
     assert "is a FIFO, not a regular file" in report["failed_slices"][0]["error"]
     lines = sorted(line.split("\t")[0] for line in read_outputs(str(out)))
     assert lines == [n for n in names if n not in ("f00003.txt", "f00004.txt", "f00005.txt")]
+
+
+def test_a_reader_that_ends_first_keeps_its_claims_until_the_consumer_adopts_them(tmp_path):
+    """A DataLoader tells a worker to exit as soon as its stream ends, while its last batches may
+    still wait in the loader's reorder buffer behind a slow worker's earlier batch. The exiting
+    reader must not revoke the claims of those batches: with one attempt per slice, any claim lost
+    that way would fail its slice, though every reader and the consumer were healthy."""
+    inp, out, state = tmp_path / "in", tmp_path / "out", tmp_path / "state"
+    names = make_files(str(inp), 12, nested=False)
+    # Reader 0 sleeps over its first item; reader 1 claims and reads every other slice meanwhile,
+    # finds none free and ends, its batches all waiting behind reader 0's first one.
+    r = run_aimaster("run", "-n", "1", "--job-id", "reorder", "--state-dir", str(state), "--quiet",
+                     "--max-slice-attempts", "1", "--", sys.executable, program("torch_file_slices.py"),
+                     str(inp), str(out), "2", "2", "-", "2", env={"SLOW_READER": "0:3", "PREFETCH_FACTOR": "8"},
+                     timeout=120)
+    log_text = open(state / "jobs" / "reorder" / "logs" / "worker-0.err").read()
+    assert r.returncode == 0, log_text
+    assert "after its claim was lost" not in log_text, log_text
+    assert "committed=6 lost=0" in open(state / "jobs" / "reorder" / "logs" / "worker-0.out").read()
+    _check_slices(str(out), names, slice_size=2)

@@ -5,6 +5,9 @@ env:   BATCH_SLEEP   seconds the consumer spends per batch (so the loader worker
        READ_LOG      directory: each reading process appends "<slice> <pid>" per item it reads
        SWAP_TO_FIFO  an input (relative path) replaced by a FIFO once the job is planned (an open()
                      of it would wait forever)
+       SLOW_READER   "ID:SECONDS": the DataLoader worker ID takes that long over its first item (the
+                     others run ahead, up to PREFETCH_FACTOR batches each)
+       PREFETCH_FACTOR  the DataLoader's prefetch_factor (its default: 2)
 
 One output line per input file, "<relative path>\t<file content>", in the output file of the
 file's slice, written through the stream's per-slice output helper.
@@ -18,8 +21,15 @@ import torch.utils.data
 
 from aimaster import inference as elastic_inference
 
+_read = []  # the items this process has read
+
 
 def read_text(path: str) -> str:
+    slow_id, _, slow_s = os.environ.get("SLOW_READER", "").partition(":")
+    info = torch.utils.data.get_worker_info()
+    if slow_id and info is not None and info.id == int(slow_id) and not _read:
+        time.sleep(float(slow_s))
+    _read.append(path)
     log_dir = os.environ.get("READ_LOG")
     if log_dir:
         with open(os.path.join(log_dir, f"{os.getpid()}.log"), "a") as f:
@@ -41,8 +51,9 @@ def main() -> None:
         os.unlink(os.path.join(input_dir, swap))
         os.mkfifo(os.path.join(input_dir, swap))
     dataset = client.create_torch_dataset(transform=read_text)
+    prefetch = {"prefetch_factor": int(os.environ["PREFETCH_FACTOR"])} if "PREFETCH_FACTOR" in os.environ else {}
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                                         multiprocessing_context=method if num_workers else None)
+                                         multiprocessing_context=method if num_workers else None, **prefetch)
     stream = dataset.track(loader)
     for batch in stream:
         time.sleep(sleep)

@@ -19,8 +19,9 @@ import logging
 import multiprocessing.util
 import os
 import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from aimaster.data.coordinator import Claim, Dataset
 from aimaster.data.session import WorkerSession
@@ -64,6 +65,8 @@ _lock = threading.Lock()
 _child_session: Optional[WorkerSession] = None
 # Claims made by readers in this very process, so a consumer here uses them without adopting.
 _local: Dict[Tuple[str, str, str], Claim] = {}
+ADOPTION_WAIT_S = 30.0  # how long an exiting reader waits for the consumer to adopt its last claims
+_ADOPTION_POLL_S = 0.05
 
 
 def reading_session(spec: SliceSpec) -> WorkerSession:
@@ -87,8 +90,42 @@ def reading_session(spec: SliceSpec) -> WorkerSession:
             _child_session.standalone = ctx.standalone
             # A forked DataLoader worker leaves through os._exit: atexit never runs there, but
             # multiprocessing's finalizers do.
-            multiprocessing.util.Finalize(_child_session, _child_session.close, exitpriority=10)
+            multiprocessing.util.Finalize(_child_session, _close_child_session,
+                                          args=(_child_session, spec.lent, os.getppid()), exitpriority=10)
         return _child_session
+
+
+def _close_child_session(session: WorkerSession, lent: Any, parent_pid: int) -> None:
+    """Close a reading child's session once the consumer has adopted the claims it handed out.
+
+    Closing revokes the child's lease, and with it every claim still bound to it. A ``DataLoader``
+    tells a worker to exit as soon as that worker's stream ends, while the consumer may not have
+    taken the worker's last batches yet (they wait in the loader's reorder buffer behind another
+    worker's earlier batch): revoking then would take away a claim whose items are on their way, and
+    the slice would come back as failed ("its worker died or lost its lease") though nothing did.
+    So the child waits until none of its claims is still its own, the consumer's pipeline has ended
+    (it adopts nothing more), its parent is gone, or ``ADOPTION_WAIT_S`` has passed.
+    """
+    try:
+        deadline = time.monotonic() + ADOPTION_WAIT_S
+        while _unadopted(session) and time.monotonic() < deadline and os.getppid() == parent_pid \
+                and not (lent is not None and lent.consumer_ended()):
+            time.sleep(_ADOPTION_POLL_S)
+    except Exception as e:  # noqa: BLE001 - closing must not fail; the lease returns what is left
+        log.debug("aimaster: not waiting for the consumer to adopt this reader's claims (%s)", e)
+    finally:
+        session.close()
+
+
+def _unadopted(session: WorkerSession) -> List[Claim]:
+    """The claims this reading process made that are still bound to it (handed out, not yet adopted)."""
+    with _lock:
+        mine = [c for c in _local.values() if c.dataset.session is session]
+    held: Dict[str, Set[str]] = {}
+    for claim in mine:
+        if claim.dataset.ds_id not in held:
+            held[claim.dataset.ds_id] = claim.dataset.attempts_held_here()
+    return [c for c in mine if c.attempt in held[c.dataset.ds_id]]
 
 
 def reading_dataset(spec: SliceSpec) -> Dataset:

@@ -49,6 +49,7 @@ class LentClaims:
         self.owner_pid = os.getpid()
         self._queue = context.Queue()
         self._stopped = context.Event()  # set by a reader that found no slice free: lend no more
+        self._ended = context.Event()  # set by the consumer when a pipeline ends: it adopts no more
         self._lent: Dict[str, Claim] = {}  # the consumer's side: attempt -> claim not yet back
         self._lock = threading.Lock()
 
@@ -57,7 +58,8 @@ class LentClaims:
         # else (by a user, to a spawned pool) the copy has none, and its readers claim themselves.
         spawning = multiprocessing.context.get_spawning_popen() is not None
         return {"readers": self.readers, "start_method": self.start_method, "owner_pid": self.owner_pid,
-                "_queue": self._queue if spawning else None, "_stopped": self._stopped if spawning else None}
+                "_queue": self._queue if spawning else None, "_stopped": self._stopped if spawning else None,
+                "_ended": self._ended if spawning else None}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -89,6 +91,11 @@ class LentClaims:
         remember(claim)  # its items find it as the consumer's own: nothing to adopt
         self._queue.put((claim.slice_id, claim.attempt, claim.attempt_no, record))
 
+    def begin_pass(self) -> None:
+        """A pipeline over the loader starts: its readers' claims will be adopted again."""
+        if self.usable and self._ended is not None:
+            self._ended.clear()
+
     def reached(self, attempt: str) -> None:
         """A lent claim's items reached the consumer: the stream holds it now."""
         with self._lock:
@@ -97,13 +104,20 @@ class LentClaims:
     def take_back_all(self) -> List[Claim]:
         """At the end of a pipeline: every lent claim that never reached the consumer, no longer lent
         (the caller gives them back). The queue is emptied first, so no reader of a later pipeline
-        gets one of them."""
+        gets one of them. Readers still waiting for their last claims to be adopted stop waiting."""
+        if self.usable and self._ended is not None:
+            self._ended.set()
         self.drain_queue()
         with self._lock:
             taken, self._lent = list(self._lent.values()), {}
         return taken
 
     # ------------------------------------------------------------------ the readers' side
+    def consumer_ended(self) -> bool:
+        """Whether the consumer's pipeline has ended, so that nothing more of ours will be adopted."""
+        ended = getattr(self, "_ended", None)
+        return ended is not None and ended.is_set()
+
     def take(self, dataset: Dataset, wait: float = _TAKE_WAIT_S) -> Optional[Claim]:
         """A lent claim, as a claim of ``dataset`` (the reader's view), or None if none waits
         (one the queue counts is waited for up to ``wait`` seconds)."""

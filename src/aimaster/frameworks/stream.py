@@ -92,7 +92,13 @@ class SliceStream:
         finished = False
         try:
             while True:
-                for batch in self._batches:
+                if self._lent is not None:
+                    self._lent.begin_pass()
+                # Held in a local, so that a loop left early (an exception, a break) reaches the
+                # finally below, which tells the readers that nothing more is adopted, before the
+                # loader's iterator goes and shuts its workers down (they wait for that word).
+                batches = iter(self._batches)
+                for batch in batches:
                     self._settle()
                     self._observe(batch)
                     yield batch
