@@ -21,15 +21,16 @@ import torch.utils.data
 
 from aimaster import inference as elastic_inference
 
-_read = []  # the items this process has read
+_first_read = True  # this process has read no item yet
 
 
 def read_text(path: str) -> str:
+    global _first_read
     slow_id, _, slow_s = os.environ.get("SLOW_READER", "").partition(":")
     info = torch.utils.data.get_worker_info()
-    if slow_id and info is not None and info.id == int(slow_id) and not _read:
+    if slow_id and info is not None and info.id == int(slow_id) and _first_read:
         time.sleep(float(slow_s))
-    _read.append(path)
+    _first_read = False
     log_dir = os.environ.get("READ_LOG")
     if log_dir:
         with open(os.path.join(log_dir, f"{os.getpid()}.log"), "a") as f:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional, Set, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 from aimaster.data.claim import Claim
 from aimaster.data.records import ClaimRecord, FailureRecord, SlotRecord, TodoRecord
@@ -108,21 +108,6 @@ class Handovers:
         if ok:
             session.track(claim)
         return claim, bool(ok)
-
-    def attempts_held_here(self) -> Set[str]:
-        """The attempts whose claim or copy key names this session's worker now: what a reading
-        process still holds itself (not adopted yet). One range read per prefix, so it costs what is
-        in flight, not what this process has read so far."""
-        held: Set[str] = set()
-        for prefix in (self.k.claim, self.k.backup):
-            for rel, raw, _ in self.store.iter_prefix_chunks(prefix):
-                try:
-                    record = ClaimRecord.from_json(raw, self.store.key(rel))
-                except EtcdDataError:
-                    continue  # not a claim anybody holds; in_flight() clears it
-                if record.worker == self.session.worker_id:
-                    held.add(record.attempt)
-        return held
 
     def _claim_record(self, rel: str) -> Tuple[Optional[ClaimRecord], Any]:
         """The claim (or copy) record at ``rel`` and its metadata; None for no key or a bad value."""

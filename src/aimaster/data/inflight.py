@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from aimaster.data import keys, records, speculation
 from aimaster.data.records import AttemptRecord, ClaimRecord, FailureRecord, TodoRecord
@@ -48,6 +48,14 @@ class InFlight:
             for sid, record, _ in self._holds(prefix):
                 held.setdefault(sid, []).append(record.worker)
         return held
+
+    def attempts_held_here(self) -> Set[str]:
+        """The attempts whose claim or copy key names this session's worker now: what a reading
+        process still holds itself (not adopted yet). Read as :meth:`in_flight` reads them, so it
+        costs what is in flight, not what this process has read so far."""
+        me = self.session.worker_id
+        return {record.attempt for prefix in (self.k.claim, self.k.backup)
+                for _, record, _ in self._holds(prefix) if record.worker == me}
 
     def _holds(self, prefix: str) -> Iterable[Tuple[str, ClaimRecord, Any]]:
         """(slice id, record, metadata) of the valid claims (``claim/``) or copies (``backup/``)

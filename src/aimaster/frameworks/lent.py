@@ -68,7 +68,7 @@ class LentClaims:
 
     @property
     def usable(self) -> bool:
-        return self._queue is not None and self._stopped is not None
+        return self._queue is not None and self._stopped is not None and self._ended is not None
 
     # ------------------------------------------------------------------ the consumer's side
     def wants(self) -> bool:
@@ -93,7 +93,7 @@ class LentClaims:
 
     def begin_pass(self) -> None:
         """A pipeline over the loader starts: its readers' claims will be adopted again."""
-        if self.usable and self._ended is not None:
+        if self.usable:
             self._ended.clear()
 
     def reached(self, attempt: str) -> None:
@@ -105,7 +105,7 @@ class LentClaims:
         """At the end of a pipeline: every lent claim that never reached the consumer, no longer lent
         (the caller gives them back). The queue is emptied first, so no reader of a later pipeline
         gets one of them. Readers still waiting for their last claims to be adopted stop waiting."""
-        if self.usable and self._ended is not None:
+        if self.usable:
             self._ended.set()
         self.drain_queue()
         with self._lock:
@@ -115,8 +115,7 @@ class LentClaims:
     # ------------------------------------------------------------------ the readers' side
     def consumer_ended(self) -> bool:
         """Whether the consumer's pipeline has ended, so that nothing more of ours will be adopted."""
-        ended = getattr(self, "_ended", None)
-        return ended is not None and ended.is_set()
+        return self.usable and self._ended.is_set()
 
     def take(self, dataset: Dataset, wait: float = _TAKE_WAIT_S) -> Optional[Claim]:
         """A lent claim, as a claim of ``dataset`` (the reader's view), or None if none waits
