@@ -309,7 +309,7 @@ class Claiming:
             claim = self.try_claim()
             if claim is not None:
                 return claim
-            if self.is_complete():
+            if self.finished():
                 self.session.beat("done")
                 self.finalize_unless_mastered()
                 raise OutOfRangeException(f"all {self.num_slices} slices of dataset {self.ds_id} are done")

@@ -125,6 +125,11 @@ class InFlight:
         if self.store.count(self.k.todo):
             return False
         held = self.in_flight()  # claims before beats: a beat older than a claim cannot park it
+        if not held:
+            # Nothing in flight: either every slice is settled, which ``finished`` tells at the cost
+            # of one worker's validation (not every waiting worker's, as reading them all here
+            # would be), or a slice is in no state and is being requeued: wait for either.
+            return False
         beats = self._beats()
         me = speculation.family(self.session.worker_id)
         # A slice that a live peer is still working on keeps us waiting, unless its own record

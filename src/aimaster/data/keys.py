@@ -32,6 +32,10 @@ Everything lives under ``/aimaster/v1/jobs/<job-id>/``::
     ds/<ds>/drained             a worker of this run found no free slice: readers give back the slices
                                 they claimed ahead and claim only on demand (deleted when a run starts)
     ds/<ds>/finalized           outputs of the whole dataset published (and sessions committed)
+    ds/<ds>/complete            a worker validated every record and found the dataset complete, as of
+                                store revision "rev": peers that see no record written since exit
+                                without validating them all again (deleted when a run starts)
+    ds/<ds>/completing          the one worker validating every record at the end (bound to its lease)
     ds/<ds>/retaken             changed whenever a commit is taken back (its output died with an
                                 expired MaxCompute upload session): cached completion is re-read
     ds/<ds>/finalizing          the one process finalizing the dataset (bound to its lease)
@@ -138,6 +142,8 @@ class DatasetKeys:
         self.done = self.base + "done/"
         self.failed = self.base + "failed/"
         self.finalized = self.base + "finalized"
+        self.complete = self.base + "complete"
+        self.completing = self.base + "completing"
         self.drained = self.base + "drained"
         self.finalizing = self.base + "finalizing"
         self.sink = self.base + "sink"

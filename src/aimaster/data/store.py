@@ -563,6 +563,23 @@ class Store:
         kwargs = {"min_mod_revision": revision + 1} if revision else {}
         return self._relative_items(self.call(f"range {k}", lambda c: list(c.get_prefix(k, **kwargs))))
 
+    def any_changed_since(self, rel: str, revision: int) -> bool:
+        """Whether a key under ``rel`` was written after ``revision`` (keys only, at most one sent).
+
+        Not a count: etcd's ``count`` ignores the revision filters (it counts the whole range), so
+        the filtered keys themselves are asked for. etcd applies the limit after the filter.
+        """
+        k = self.key(rel)
+        items = self.call(f"changed-since {k}", lambda c: list(c.get_prefix(k, keys_only=True, limit=1,
+                                                                            min_mod_revision=revision + 1)))
+        return bool(items)
+
+    def revision(self) -> int:
+        """The store's current revision: every key written from now on has a higher mod revision."""
+        k = self.key("")
+        return self.call(f"revision {k}",
+                         lambda c: c.get_prefix_response(k + "\0", count_only=True).header.revision)
+
     def _relative_items(self, items) -> List[Tuple[str, bytes, Any]]:
         n = len(self.prefix)
         return [(meta.key.decode("utf-8", "replace")[n:], raw, meta) for raw, meta in items]

@@ -274,7 +274,7 @@ class SliceStream:
         ds = self._dataset
         delay, last_reconcile = poll, 0.0
         while True:
-            if ds.is_complete():
+            if ds.finished():
                 ds.finalize_unless_mastered()
                 return False
             if ds.store.count(ds.k.todo) > 0:

@@ -105,9 +105,10 @@ def become_master(m) -> Optional[int]:
 
 def clear_drained(store) -> None:
     """Delete the last run's ``drained`` markers (:meth:`Dataset.drained`): slices its workers held
-    come back to todo now, and this run's readers should claim ahead again until they run out."""
+    come back to todo now, and this run's readers should claim ahead again until they run out.
+    Its completion notes go too (:meth:`Dataset.finished`): this run's workers validate afresh."""
     for rel in store.keys(keys.DATASETS):
-        if rel.endswith("/drained"):
+        if rel.endswith("/drained") or rel.endswith("/complete"):
             store.delete(keys.DATASETS + rel)
 
 
