@@ -60,14 +60,14 @@ class Completion:
 
         :meth:`is_complete` in every waiting worker would have each of them read and validate every
         commit record once the last slice is committed: W workers times S records, all at the same
-        moment, on the cores the last commits and the master need (14-15 s of drain with 32
-        workers and 20,000 slices here; hours at 1,000 workers and millions of slices). Instead one
-        worker at a time (``ds/<ds>/completing``, bound to its lease) validates everything afresh
-        and notes the store revision it started from (``ds/<ds>/complete``); a peer believes that
-        note while no done or failed record was written since, and while the job has a master
-        (which judges the job from its own reading) or the dataset is finalized. A forged note can
-        make workers leave early, never make a job succeed: a worker believing it neither
-        finalizes nor publishes anything.
+        moment, on the cores the last commits and the master need (27 s of drain with 32 workers
+        and 20,000 slices on 2 cores, 6.7 s with this; hours at 1,000 workers and millions of
+        slices). Instead one worker at a time (``ds/<ds>/completing``, bound to its lease)
+        validates everything afresh and notes the store revision it started from
+        (``ds/<ds>/complete``); a peer believes that note while no done or failed record was
+        written since, and while the job has a master (which judges the job from its own reading)
+        or the dataset is finalized. A forged note can make workers leave early, never make a job
+        succeed: a worker believing it neither finalizes nor publishes anything.
         """
         st = self.store
         if st.count(self.k.done) + st.count(self.k.failed) < self.num_slices:
