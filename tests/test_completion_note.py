@@ -98,11 +98,13 @@ def test_a_record_written_after_the_note_is_validated_not_believed(make_session,
 
 @pytest.mark.parametrize("note", [
     b"{not json",
-    {"rev": 10**12, "n": SLICES, "w": "mallory"},  # a revision later than the note's own
-    {"rev": 1, "n": SLICES + 1, "w": "mallory"},  # another plan's size
-    {"rev": "1", "n": SLICES, "w": "mallory"},
-    {"rev": True, "n": SLICES, "w": "mallory"},
-    {"rev": 1, "n": SLICES},
+    {"rev": 10**12, "n": SLICES, "keys": [SLICES, 0], "w": "mallory"},  # later than the note's own
+    {"rev": 1, "n": SLICES + 1, "keys": [SLICES, 0], "w": "mallory"},  # another plan's size
+    {"rev": 1, "n": SLICES, "keys": [SLICES + 1, 0], "w": "mallory"},  # other key counts
+    {"rev": 1, "n": SLICES, "keys": "12", "w": "mallory"},
+    {"rev": "1", "n": SLICES, "keys": [SLICES, 0], "w": "mallory"},
+    {"rev": True, "n": SLICES, "keys": [SLICES, 0], "w": "mallory"},
+    {"rev": 1, "n": SLICES, "keys": [SLICES, 0]},
     ["rev", 1],
 ])
 def test_a_malformed_or_impossible_note_is_not_believed(make_session, finished_job, note):
@@ -113,6 +115,33 @@ def test_a_malformed_or_impossible_note_is_not_believed(make_session, finished_j
     calls = _reads(peer)
     assert ds.finished()  # the dataset is complete: the peer finds so itself
     assert _record_reads(calls, ds), "a forged note must not spare the validation"
+
+
+def test_a_record_deleted_after_the_note_is_noticed(make_session, finished_job):
+    _, writer_ds = finished_job
+    first = make_session("w-first")
+    assert _dataset(first).finished()
+    # An out-of-plan key keeps the raw count at the plan's size once a real record is deleted:
+    # written before the note, so only the count the note holds tells the difference.
+    peer = make_session("w-peer")
+    ds = _dataset(peer)
+    peer.store.delete(f"{writer_ds.k.complete}")
+    peer.store.put(f"{writer_ds.k.done}999999", {"w": "mallory"})
+    assert _dataset(make_session("w-second")).finished()  # a fresh note, counting the forged key
+    peer.store.delete(f"{writer_ds.k.done}000004")
+    calls = _reads(peer)
+    assert not ds.finished()  # slice 000004 has no record: validated, and found incomplete
+    assert _record_reads(calls, ds)
+
+
+def test_a_full_note_from_a_real_validation_is_believed(make_session, finished_job):
+    # The shape the validator writes passes every check above (the parametrized forgeries differ
+    # from it in one field each).
+    first = make_session("w-first")
+    ds1 = _dataset(first)
+    assert ds1.finished()
+    note = first.store.get_value(ds1.k.complete)
+    assert set(note) == {"rev", "n", "keys", "w", "t"} and note["keys"] == [SLICES, 0]
 
 
 def test_without_a_master_only_a_finalized_dataset_is_believed(make_session):

@@ -70,9 +70,10 @@ class Completion:
         succeed: a worker believing it neither finalizes nor publishes anything.
         """
         st = self.store
-        if st.count(self.k.done) + st.count(self.k.failed) < self.num_slices:
+        counts = [st.count(self.k.done), st.count(self.k.failed)]
+        if sum(counts) < self.num_slices:
             return False
-        if self._noted_complete():
+        if self._noted_complete(counts):
             return True
         held = {"w": self.session.worker_id, "t": round(time.time(), 3)}
         took, _ = self.session.leased(lambda lease: st.txn(
@@ -92,8 +93,8 @@ class Completion:
                 done, failed = self.completion()
                 complete = len(set(done) | set(failed)) >= self.num_slices
             if complete:
-                st.put(self.k.complete, {"rev": since, "n": self.num_slices, "w": self.session.worker_id,
-                                         "t": round(time.time(), 3)})
+                st.put(self.k.complete, {"rev": since, "n": self.num_slices, "keys": counts,
+                                         "w": self.session.worker_id, "t": round(time.time(), 3)})
             return complete
         finally:
             try:
@@ -102,10 +103,11 @@ class Completion:
             except Exception as e:  # noqa: BLE001 - the key is bound to our lease: it goes with it
                 log.debug("aimaster: could not release %s (%s)", st.key(self.k.completing), e)
 
-    def _noted_complete(self) -> bool:
+    def _noted_complete(self, counts: list) -> bool:
         """Whether ``ds/<ds>/complete`` holds, by a peer's note (see :meth:`finished`): well formed,
-        for this plan, nothing under ``done/``, ``failed/`` or ``retaken`` written since its
-        revision, and believed only where a master judges the job or the dataset is finalized."""
+        for this plan, the same raw key ``counts`` (done, failed) as when it was written, so none
+        was deleted; nothing under ``done/``, ``failed/`` or ``retaken`` written since its
+        revision; and believed only where a master judges the job or the dataset is finalized."""
         st = self.store
         raw, meta = st.get_raw(self.k.complete)
         if raw is None:
@@ -119,9 +121,11 @@ class Completion:
         # A note is written after reading its revision: one naming a later revision than its own
         # is forged (and would otherwise vouch for records written after it).
         if type(rev) is not int or not 0 <= rev < meta.mod_revision or n != self.num_slices \
-                or not isinstance(note.get("w"), str):
+                or not isinstance(note.get("w"), str) or not isinstance(note.get("keys"), list):
             self._ignore(self.k.complete, "it is not a completion note of this plan")
             return False
+        if note["keys"] != counts:
+            return False  # records deleted or added since (an added one is newer than the note, too)
         if st.get_raw(keys.MASTER)[0] is None and st.get_raw(self.k.finalized)[0] is None:
             return False  # no master to judge the job: only a worker's own validation may finalize it
         _, retaken = st.get_raw(self.k.retaken)

@@ -33,8 +33,9 @@ Everything lives under ``/aimaster/v1/jobs/<job-id>/``::
                                 they claimed ahead and claim only on demand (deleted when a run starts)
     ds/<ds>/finalized           outputs of the whole dataset published (and sessions committed)
     ds/<ds>/complete            a worker validated every record and found the dataset complete, as of
-                                store revision "rev": peers that see no record written since exit
-                                without validating them all again (deleted when a run starts)
+                                store revision "rev" (with the key counts it saw): peers that see
+                                the same counts and no record written since exit without
+                                validating them all again (deleted when a run starts)
     ds/<ds>/completing          the one worker validating every record at the end (bound to its lease)
     ds/<ds>/retaken             changed whenever a commit is taken back (its output died with an
                                 expired MaxCompute upload session): cached completion is re-read
