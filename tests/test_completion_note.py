@@ -134,6 +134,20 @@ def test_a_record_deleted_after_the_note_is_noticed(make_session, finished_job):
     assert _record_reads(calls, ds)
 
 
+def test_a_commit_taken_back_after_the_note_makes_peers_validate(make_session, finished_job):
+    # ``retaken`` changes when a MaxCompute commit is taken back (its upload session expired): what
+    # was validated before may no longer hold, so a note older than that change is not believed.
+    _, writer_ds = finished_job
+    first = make_session("w-first")
+    assert _dataset(first).finished()
+    first.store.put(writer_ds.k.retaken, {"t": 1})
+    peer = make_session("w-peer")
+    ds = _dataset(peer)
+    calls = _reads(peer)
+    assert ds.finished()
+    assert _record_reads(calls, ds), "a note older than a taken-back commit must not be believed"
+
+
 def test_a_full_note_from_a_real_validation_is_believed(make_session, finished_job):
     # The shape the validator writes passes every check above (the parametrized forgeries differ
     # from it in one field each).
