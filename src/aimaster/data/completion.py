@@ -51,6 +51,10 @@ class Completion:
         st = self.store
         if st.count(self.k.done) + st.count(self.k.failed) < self.num_slices:
             return False
+        return self._validated_complete()
+
+    def _validated_complete(self) -> bool:
+        """Every planned slice has a done or failed record that validates (read incrementally)."""
         done, failed = self.completion()
         return len(set(done) | set(failed)) >= self.num_slices
 
@@ -84,14 +88,12 @@ class Completion:
         try:
             since = st.revision()
             afresh = not any(self._scanned_rev.values())  # nothing read before: this read is all new
-            done, failed = self.completion()  # incremental: cheap while forged keys inflate the counts
-            complete = len(set(done) | set(failed)) >= self.num_slices
+            complete = self._validated_complete()  # incremental: cheap while forged keys inflate the counts
             if complete and not afresh:
                 # Afresh, from ``since``: the note vouches for every record, and a read in pages
                 # is not at one revision, so what earlier incremental reads believed is read again.
                 self._scanned_rev = {"done": 0, "failed": 0}
-                done, failed = self.completion()
-                complete = len(set(done) | set(failed)) >= self.num_slices
+                complete = self._validated_complete()
             if complete:
                 st.put(self.k.complete, {"rev": since, "n": self.num_slices, "keys": counts,
                                          "w": self.session.worker_id, "t": round(time.time(), 3)})
