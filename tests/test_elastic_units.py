@@ -336,9 +336,10 @@ def test_close_after_etcd_is_gone_does_not_wait_out_the_retries(tmp_path):
 
 
 def test_candidate_window_widens_as_free_slices_thin_out(make_session):
-    """With most slices taken, a 1,024-id window holds few free ones: the next read spans more ids
-    so that it again finds about CANDIDATES of them (etcd's cost is the keys in the range, not the
-    ids it spans), and a full read narrows it again. Claims stay correct throughout."""
+    """With most slices taken, a CLAIM_WINDOW-id window holds few free ones: the next read spans
+    more ids so that it again finds about CANDIDATES of them (etcd's cost is the keys in the range,
+    not the ids it spans), and a full read narrows it again to what its candidates spanned. Claims
+    stay correct throughout."""
     from aimaster.data.claiming import CANDIDATES, CLAIM_WINDOW
     from aimaster.data.store import Op
 
@@ -356,7 +357,7 @@ def test_candidate_window_widens_as_free_slices_thin_out(make_session):
         ds._candidates = []
         ds._refill_candidates()
         sizes.append(len(ds._candidates))
-    assert ds._window > CLAIM_WINDOW  # about 20 free slices in 1,024 ids: the window grew
+    assert ds._window > CLAIM_WINDOW  # about 2 free slices in 128 ids: the window grew
     assert max(sizes[1:]) >= CANDIDATES // 2, sizes  # once widened, reads find many candidates again
     assert all(int(sid) % 50 == 0 for sid, _, _ in ds._candidates)
     claim = ds.try_claim()
@@ -368,3 +369,42 @@ def test_candidate_window_widens_as_free_slices_thin_out(make_session):
         ds._candidates = []
         ds._refill_candidates()
     assert ds._window == CLAIM_WINDOW and len(ds._candidates) == CANDIDATES
+
+
+def test_candidate_window_narrows_after_growing_to_the_whole_plan(make_session):
+    """A window grown to span every slice id (the data had thinned out) narrows again on its first
+    full read, even one the last slice cut short: every candidate read walks only about the keys it
+    needs (etcd counts every key in a range, whatever the limit)."""
+    from aimaster.data.claiming import CANDIDATES, CLAIM_WINDOW
+
+    w, peer = make_session("W"), make_session("P")
+    ds = Dataset(w, "ds")
+    ds.ensure_plan(lambda: PlanData("table", 5000, {}), 1)
+    Dataset(peer, "ds").ensure_plan(lambda: PlanData("table", 5000, {}), 1)
+    ds._window = 5000  # as if grown: every read now runs to the end of the todo range
+    ds._refill_candidates()
+    assert len(ds._candidates) == CANDIDATES
+    assert ds._window == CLAIM_WINDOW  # every slice free: 64 candidates in 64 ids, the floor
+
+
+def test_waiting_worker_reads_the_whole_todo_range_once_none_was_free(make_session):
+    """Once a candidate read found no free slice, the next one is a single read of the whole (by
+    then short) todo range, not two random windows first; it finds a slice given back meanwhile,
+    and the worker goes back to random windows after."""
+    from aimaster.data.store import Op
+
+    w, peer = make_session("W"), make_session("P")
+    ds = Dataset(w, "ds")
+    ds.ensure_plan(lambda: PlanData("table", 500, {}), 1)
+    Dataset(peer, "ds").ensure_plan(lambda: PlanData("table", 500, {}), 1)
+    w.store.txn("take all", [], [Op.delete_prefix(ds.k.todo)])
+    reads = []
+    real = ds._todo_range
+    ds._todo_range = lambda start, end: reads.append((start, end)) or real(start, end)
+    assert ds.try_claim() is None and ds._none_free
+    assert len(reads) == 3  # two random windows, then the whole range
+    reads.clear()
+    w.store.put(ds.k.todo + ds.slice_id(321), {})  # given back (as a requeue does)
+    claim = ds.try_claim()
+    assert claim is not None and claim.index == 321
+    assert reads == [(ds.k.todo, None)] and not ds._none_free

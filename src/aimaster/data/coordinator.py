@@ -77,7 +77,8 @@ class Dataset(Planning, Claiming, Committing, InFlight, Completion, Handovers):
         self.max_attempts = max_attempts if max_attempts is not None else settings.max_slice_attempts
         self.plan: Optional[Dict[str, Any]] = None
         self._candidates: List[Tuple[str, bytes, int]] = []  # (slice id, raw todo value, mod revision)
-        self._window = CLAIM_WINDOW  # slice ids spanned by the next candidate read (see _widen_window)
+        self._window = CLAIM_WINDOW  # slice ids spanned by the next candidate read (see _size_window)
+        self._none_free = False  # the last candidate read found no free slice (see _refill_candidates)
         self._next: Optional[Claim] = None  # claimed inside the previous commit's transaction
         self._chunks: Dict[int, List[str]] = {}
         self._chunk_starts: List[int] = []
