@@ -194,10 +194,15 @@ class TodoRecord:
     def tolerant(cls, raw: Any, key: str) -> TodoRecord:
         """A todo value as a claim reads it: its presence is what counts; a malformed value reads as
         a fresh slice (its attempt count restarts) instead of stopping the claim."""
+        if raw == b"{}":  # as planned: the value of nearly every claim, decoded once (records are frozen)
+            return _FRESH_TODO
         try:
             return cls.from_json(raw, key)
         except EtcdDataError:
             return cls()
+
+
+_FRESH_TODO = TodoRecord()
 
 
 @dataclass(frozen=True)

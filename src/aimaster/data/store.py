@@ -154,7 +154,9 @@ def dumps(value: Any) -> str:
     """Compact, deterministic JSON, non-ASCII text kept as UTF-8 (a CJK name costs 3 bytes, not the
     6 of a ``\\u`` escape). A string that is not valid Unicode (a lone surrogate from a file name that
     is not UTF-8) cannot be UTF-8: such a value is written with escapes instead."""
-    text = _UTF8_JSON.encode(value)
+    text = _utf8_json(value)
+    if text.isascii():
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -166,6 +168,18 @@ def dumps(value: Any) -> str:
 # measurable part of a commit's client CPU (it writes four or five values).
 _UTF8_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 _ASCII_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+# ``JSONEncoder.encode`` also builds its C encoder anew on every call; this is the same C encoder
+# (the same arguments ``iterencode`` passes it), built once. Without circular-reference markers:
+# aimaster's values are trees.
+_C_UTF8_JSON = json.encoder.c_make_encoder(
+    None, _UTF8_JSON.default, json.encoder.encode_basestring, None, ":", ",", True, False, True) \
+    if json.encoder.c_make_encoder is not None else None
+
+
+def _utf8_json(value: Any) -> str:
+    if _C_UTF8_JSON is None or isinstance(value, str):
+        return _UTF8_JSON.encode(value)
+    return "".join(_C_UTF8_JSON(value, 0))
 
 
 def loads(raw: bytes, key: str, expect: type = dict) -> Any:
@@ -288,16 +302,20 @@ class Compare:
         """Write this comparison into ``message`` (a new entry of the request's ``compare`` list)."""
         if self.op is None:
             raise TypeError(f"{self!r} has no comparison: write e.g. {self!r} == 0")
-        key = store.key(self.rel).encode("utf-8")
+        key = (store.prefix + self.rel).encode("utf-8")
         message.key = key
         message.result = _RESULTS[self.op]
-        message.target = _TARGETS[self.target]
+        target = self.target
+        message.target = _TARGETS[target]
         if self.whole_prefix:
             message.range_end = pyetcd.utils.prefix_range_end(key)
-        if self.target == "value":
-            message.value = pyetcd.utils.to_bytes(self.operand)
+        if target == "value":
+            operand = self.operand
+            message.value = operand if isinstance(operand, bytes) else operand.encode("utf-8")
+        elif target == "mod":
+            message.mod_revision = self.operand
         else:
-            setattr(message, _OPERAND_FIELDS[self.target], self.operand)
+            setattr(message, _OPERAND_FIELDS[target], self.operand)
 
 
 class Op:
@@ -359,17 +377,21 @@ class Op:
             compare, success, failure = self.value
             store._fill_txn(what, message.request_txn, compare, success, failure)
             return
-        key = store.key(self.rel).encode("utf-8")
-        if self.kind == "put":
+        key = (store.prefix + self.rel).encode("utf-8")
+        kind = self.kind
+        if kind == "put":
             put = message.request_put
             put.key = key
-            put.value = pyetcd.utils.to_bytes(self.value)
-            lease = self.lease.id if hasattr(self.lease, "id") else int(self.lease or 0)
-            if lease:
-                put.lease = lease
-        elif self.kind == "delete":
+            value = self.value
+            put.value = value if isinstance(value, bytes) else value.encode("utf-8")
+            lease = self.lease
+            if lease is not None:
+                lease = lease.id if hasattr(lease, "id") else int(lease)
+                if lease:
+                    put.lease = lease
+        elif kind == "delete":
             message.request_delete_range.key = key
-        elif self.kind == "delete_prefix":
+        elif kind == "delete_prefix":
             delete = message.request_delete_range
             delete.key = key
             delete.range_end = pyetcd.utils.prefix_range_end(key)
