@@ -257,12 +257,17 @@ def _file_worker(endpoint: str, job_id: str, input_dir: str, idx: int, ready_q, 
 
 
 def _count_rpcs(store) -> Counter:
-    """Count the store's etcd RPCs by kind ("claim slice 000123" -> "claim"; a lost claim apart)."""
+    """Count the store's etcd RPCs by kind ("claim slice 000123" -> "claim"; a lost claim apart; a
+    range read by the kind of key it reads, "range:todo" for a candidate read)."""
     rpcs: Counter = Counter()
     call = store.call
 
     def counted(what: str, fn: Callable):
         kind = what.split(" ", 1)[0]
+        if kind == "range":  # which keys: "range /aimaster/jobs/<job>/ds/<ds>/todo/0123" -> "range:todo"
+            parts = what.split(" ", 1)[-1].split("/")
+            if "ds" in parts[:-2]:
+                kind += ":" + (parts[parts.index("ds") + 2] or "ds")
         result = call(what, fn)
         if kind == "claim" and not result[0]:
             kind = "claim-lost"
@@ -363,6 +368,23 @@ def summarize(run: Dict[str, Any], lat_key: str, n_clients: int) -> Dict[str, An
             sum(r["cpu_to_last"] for r in results) / max(ops, 1) * 1e3, 3)
         out["etcd_cpu_ms_per_slice_to_last"] = round(etcd_cpu_until(run, last) / max(ops, 1) * 1e3, 3)
     return out
+
+
+def reset_etcd(endpoint: str) -> None:
+    """Start a phase on the same etcd state as every other: no key left by an earlier phase, their
+    history compacted away and the database defragmented. Without it each phase ran on the keys of
+    all before it (20,000 commit records per aimaster phase), and etcd's cost per operation grows
+    with its index: the file client, measured after the table client, paid for the table's keys."""
+    import pyetcd
+
+    host, _, port = endpoint.rpartition(":")
+    client = pyetcd.client(host=host, port=int(port), timeout=60)
+    try:
+        revision = client.delete_prefix("/").header.revision
+        client.compact(revision, physical=True)
+        client.defragment()
+    finally:
+        client.close()
 
 
 def bench_raw(ctx, etcd, n_clients: int, total_ops: int) -> Dict[str, Any]:
@@ -693,14 +715,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # averaged: on a small shared VM the raw rate drifts by 10-25% between minutes, and the
             # ratio should compare like with like.
             print(f"{n} client(s): raw etcd ...", flush=True)
+            reset_etcd(etcd.endpoint)
             raw_before = bench_raw(ctx, etcd, n, raw_ops)
             print(f"{n} client(s): aimaster claim + commit ...", flush=True)
+            reset_etcd(etcd.endpoint)
             am = bench_aimaster(ctx, etcd, n, slices)
             fc = None
             if file_dir is not None:
                 print(f"{n} client(s): file client get_next_slice + commit_slice ...", flush=True)
+                reset_etcd(etcd.endpoint)
                 fc = bench_file_client(ctx, etcd, n, file_dir, slices)
             print(f"{n} client(s): raw etcd again ...", flush=True)
+            reset_etcd(etcd.endpoint)
             raw_after = bench_raw(ctx, etcd, n, raw_ops)
             raw = merge_raw(raw_before, raw_after)
             row = {"clients": n, "raw": raw, "aimaster": am, "ratio": round(am["rate"] / raw["rate"], 4)}
