@@ -189,3 +189,36 @@ def test_a_peer_validating_keeps_the_others_waiting_without_reading(make_session
     assert _record_reads(calls, ds) == []
     validating.close()  # its lease goes, and the lock with it
     assert ds.finished()
+
+
+def test_a_waiting_worker_counts_no_commit_record_while_a_peer_holds_a_claim(make_session):
+    """While a peer still holds a slice, ``finished`` answers from the claims in flight: no count
+    of ``done/`` (etcd walks every commit record to count them), no record read. A claim key
+    written by hand, bound to no lease, is not believed: it is deleted and the counts decide."""
+    master = make_session("master")
+    assert MasterKey(master).try_take()
+    writer = make_session("w-writer")
+    ds = _dataset(writer)
+    held = None
+    while True:
+        claim = ds.try_claim()
+        if claim is None:
+            break
+        if held is None:
+            held = claim  # the peer's last slice, still in its hands
+            continue
+        assert ds.commit(claim)
+    waiter = make_session("w-waiter")
+    dsw = _dataset(waiter)
+    calls = _reads(waiter)
+    assert not dsw.finished()
+    done_key = waiter.store.key(dsw.k.done)
+    assert not [c for c in calls if done_key in c], calls
+    assert ds.commit(held)
+    # A claim key with no lease (by hand) for a committed slice must not keep the job unfinished.
+    forged = dsw.k.claim + dsw.slice_id(3)
+    waiter.store.put(forged, {"w": "w-ghost", "at": "w-ghost.00000000", "a": 1})
+    calls.clear()
+    assert dsw.finished()
+    assert waiter.store.get_raw(forged)[0] is None, "the unleased claim key is deleted"
+    assert [c for c in calls if c.startswith("count ") and done_key in c], "the counts decide then"
