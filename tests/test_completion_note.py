@@ -193,8 +193,9 @@ def test_a_peer_validating_keeps_the_others_waiting_without_reading(make_session
 
 def test_a_waiting_worker_counts_no_commit_record_while_a_peer_holds_a_claim(make_session):
     """While a peer still holds a slice, ``finished`` answers from the claims in flight: no count
-    of ``done/`` (etcd walks every commit record to count them), no record read. A claim key
-    written by hand, bound to no lease, is not believed: it is deleted and the counts decide."""
+    of ``done/`` (etcd walks every commit record to count them), no read of any other record. A
+    claim key written by hand is not believed: bound to no lease, it is deleted and the counts
+    decide; bound to a live lease on a committed slice, it keeps nothing from finishing."""
     master = make_session("master")
     assert MasterKey(master).try_take()
     writer = make_session("w-writer")
@@ -213,8 +214,14 @@ def test_a_waiting_worker_counts_no_commit_record_while_a_peer_holds_a_claim(mak
     calls = _reads(waiter)
     assert not dsw.finished()
     done_key = waiter.store.key(dsw.k.done)
-    assert not [c for c in calls if done_key in c], calls
+    assert not [c for c in calls if c.startswith("count ") and done_key in c], calls
+    assert [c for c in calls if done_key in c] == [f"get {done_key}{held.slice_id}"], calls
     assert ds.commit(held)
+    leased = dsw.k.claim + dsw.slice_id(5)
+    waiter.store.put(leased, {"w": "w-ghost", "at": "w-ghost.00000001", "a": 1}, lease=waiter.lease)
+    assert dsw.finished(), "a claim forged on a committed slice, even bound to a live lease, proves nothing"
+    waiter.store.delete(leased)
+    waiter.store.delete(dsw.k.complete)  # the note written just now would otherwise answer below
     # A claim key with no lease (by hand) for a committed slice must not keep the job unfinished.
     forged = dsw.k.claim + dsw.slice_id(3)
     waiter.store.put(forged, {"w": "w-ghost", "at": "w-ghost.00000000", "a": 1})

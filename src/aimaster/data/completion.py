@@ -74,14 +74,15 @@ class Completion:
         succeed: a worker believing it neither finalizes nor publishes anything.
         """
         st = self.store
-        # A slice with a primary claim has no commit yet (a commit deletes the claim key in the
-        # same transaction, and a claim is only ever taken from ``todo/``): while a peer still
-        # holds one, the answer is no. That read costs the claims in flight (a few keys); counting
-        # ``done/`` costs etcd a walk over every commit record (15-25 ms at 20,000 slices), and
-        # every waiting worker asked it on each poll while the last slices were being committed,
-        # on the cores those commits needed. The claims read are validated as ``in_flight`` reads
-        # them: a key bound to no lease (written by hand) is deleted, never believed.
-        if any(True for _ in self._holds(self.k.claim)):
+        # While a peer still holds a claim on a slice that has no commit or failure record, the
+        # answer is no. That costs the claims in flight (a few keys) and a point read of the first
+        # one's record; counting ``done/`` costs etcd a walk over every commit record (15-25 ms
+        # at 20,000 slices), and every waiting worker asked it on each poll while the last slices
+        # were being committed, on the cores those commits needed. The claims are validated as
+        # ``in_flight`` reads them (a key bound to no lease is deleted, never believed), and a
+        # claim key on a settled slice (written by hand, even bound to a live lease) proves
+        # nothing: the counts and the validation below decide then.
+        if any(not self._settled(sid) for sid, _, _ in self._holds(self.k.claim)):
             return False
         counts = [st.count(self.k.done), st.count(self.k.failed)]
         if sum(counts) < self.num_slices:
