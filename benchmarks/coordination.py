@@ -153,10 +153,48 @@ def _raw_worker(endpoint: str, run: str, idx: int, n_ops: int, ready_q, start_ev
         out_q.put({"idx": idx, "error": f"{type(e).__name__}: {e}"})
 
 
+def _claim_commit_loop(session, rpcs: Counter, take: Callable[[], Any], commit: Callable[[Any], bool],
+                       idx: int, ready_q, start_evt, out_q) -> None:
+    """The measured part of both aimaster workers: say ready, wait for the common start, then
+    ``take()`` + ``commit()`` until ``OutOfRangeException``; report latencies and CPU to ``out_q``."""
+    from aimaster.data import OutOfRangeException
+
+    rpcs.clear()
+    ready_q.put(idx)
+    start_evt.wait()
+    cpu0 = time.process_time()
+    claim_lat: List[float] = []
+    commit_lat: List[float] = []
+    won = lost = 0
+    last_op = None
+    cpu_last = cpu0
+    while True:
+        t0 = time.monotonic()
+        try:
+            taken = take()
+        except OutOfRangeException:
+            break
+        t1 = time.monotonic()
+        ok = commit(taken)
+        t2 = time.monotonic()
+        claim_lat.append(t1 - t0)
+        commit_lat.append(t2 - t1)
+        if ok:
+            won += 1
+            last_op = t2
+            cpu_last = time.process_time()
+        else:  # a speculative copy (or its primary) that lost the race near the end: not a slice
+            lost += 1
+    end = time.monotonic()
+    cpu = time.process_time() - cpu0
+    session.close()
+    out_q.put({"idx": idx, "claim": claim_lat, "commit": commit_lat, "end": end, "last_op": last_op,
+               "won": won, "failed": lost, "cpu": cpu, "cpu_to_last": cpu_last - cpu0, "rpcs": dict(rpcs)})
+
+
 def _aimaster_worker(endpoint: str, prefix: str, ds_id: str, idx: int, ready_q, start_evt, out_q) -> None:
     """An aimaster worker reduced to its coordination: claim + commit until the dataset is done."""
     try:
-        from aimaster.data import OutOfRangeException
         from aimaster.data.coordinator import Dataset
         from aimaster.data.session import WorkerSession
         from aimaster.data.store import EtcdConfig, Store
@@ -166,38 +204,9 @@ def _aimaster_worker(endpoint: str, prefix: str, ds_id: str, idx: int, ready_q, 
         session = WorkerSession(store, f"bench-{idx:03d}")
         ds = Dataset(session, ds_id)
         ds.ensure_plan(_never_plan, slice_size=1)
-        rpcs.clear()
-        ready_q.put(idx)
-        start_evt.wait()
-        cpu0 = time.process_time()
-        claim_lat: List[float] = []
-        commit_lat: List[float] = []
-        won = lost = 0
-        last_op = None
-        cpu_last = cpu0
-        while True:
-            t0 = time.monotonic()
-            try:
-                claim = ds.next_claim()
-            except OutOfRangeException:
-                break
-            t1 = time.monotonic()
-            ok = ds.commit(claim, claim_next=CLAIM_NEXT)
-            t2 = time.monotonic()
-            claim_lat.append(t1 - t0)
-            commit_lat.append(t2 - t1)
-            if ok:
-                won += 1
-                last_op = t2
-                cpu_last = time.process_time()
-            else:  # a speculative copy (or its primary) that lost the race near the end: not a slice
-                lost += 1
-        end = time.monotonic()
-        cpu = time.process_time() - cpu0
-        session.close()
-        out_q.put({"idx": idx, "claim": claim_lat, "commit": commit_lat, "end": end, "last_op": last_op,
-                   "won": won, "failed": lost, "cpu": cpu, "cpu_to_last": cpu_last - cpu0, "rpcs": dict(rpcs)})
-    except BaseException as e:
+        _claim_commit_loop(session, rpcs, ds.next_claim, lambda claim: ds.commit(claim, claim_next=CLAIM_NEXT),
+                           idx, ready_q, start_evt, out_q)
+    except BaseException as e:  # the parent must hear about it, not wait for the timeout
         out_q.put({"idx": idx, "error": f"{type(e).__name__}: {e}"})
 
 
@@ -209,7 +218,7 @@ def _file_worker(endpoint: str, job_id: str, input_dir: str, idx: int, ready_q, 
     is still a regular file, the commit that claims the next slice in the same transaction.
     """
     try:
-        from aimaster.data import OutOfRangeException, runtime
+        from aimaster.data import runtime
         from aimaster.data.session import WorkerSession
         from aimaster.data.store import EtcdConfig, Store, job_prefix
         from aimaster.inference import PosixFileClient, PosixFileConfig
@@ -221,37 +230,8 @@ def _file_worker(endpoint: str, job_id: str, input_dir: str, idx: int, ready_q, 
         session.standalone = False
         runtime._session = session
         client = PosixFileClient(PosixFileConfig(input_dir, "", 1))
-        rpcs.clear()
-        ready_q.put(idx)
-        start_evt.wait()
-        cpu0 = time.process_time()
-        claim_lat: List[float] = []
-        commit_lat: List[float] = []
-        won = lost = 0
-        last_op = None
-        cpu_last = cpu0
-        while True:
-            t0 = time.monotonic()
-            try:
-                client.get_next_slice()
-            except OutOfRangeException:
-                break
-            t1 = time.monotonic()
-            ok = client.commit_slice()
-            t2 = time.monotonic()
-            claim_lat.append(t1 - t0)
-            commit_lat.append(t2 - t1)
-            if ok:
-                won += 1
-                last_op = t2
-                cpu_last = time.process_time()
-            else:
-                lost += 1
-        end = time.monotonic()
-        cpu = time.process_time() - cpu0
-        session.close()
-        out_q.put({"idx": idx, "claim": claim_lat, "commit": commit_lat, "end": end, "last_op": last_op,
-                   "won": won, "failed": lost, "cpu": cpu, "cpu_to_last": cpu_last - cpu0, "rpcs": dict(rpcs)})
+        _claim_commit_loop(session, rpcs, client.get_next_slice, lambda _paths: client.commit_slice(),
+                           idx, ready_q, start_evt, out_q)
     except BaseException as e:
         out_q.put({"idx": idx, "error": f"{type(e).__name__}: {e}"})
 
