@@ -30,12 +30,12 @@ def running(tmp_path):
     """A started job (file_worker.py, 3 workers) that has committed a few slices."""
     made = []
 
-    def start(job_id, n_files=600, sleep="0.01", extra=()):
+    def start(job_id, n_files=600, sleep="0.01", extra=(), commits=5):
         job = Job(tmp_path, job_id, n_files, workers=3, env={"FILE_SLEEP": sleep},
                   extra=("--lease-ttl", "3", *extra))
         made.append(job)
         job.start()
-        wait_for(lambda: job.committed() >= 5, timeout=60, what="first commits")
+        wait_for(lambda: job.committed() >= commits, timeout=60, what="first commits")
         return job
 
     yield start
@@ -157,7 +157,10 @@ PLANS = {
 @pytest.mark.parametrize("case", sorted(PLANS))
 def test_malformed_or_changed_plan_fails_the_job_with_a_report(running, case):
     make, needle = PLANS[case]
-    job = running(f"plan-{case}".replace("_", "-"), n_files=1500, sleep="0.02")
+    # The master keeps the plan it first reads, in its first round after the workers planned
+    # (rounds every 0.5 s); a plan rewritten before that is the plan it sees (a known gap, see
+    # docs/design.md, "plan"). Forge only once the job is well under way.
+    job = running(f"plan-{case}".replace("_", "-"), n_files=1500, sleep="0.02", commits=20)
     ds = _dataset(job)
     plan = job.store().get_value(f"ds/{ds}/plan")
     live = job.workers()
