@@ -17,7 +17,7 @@ import threading
 from helpers import aimaster_cmd, assert_exactly_once, clean_env, make_files, program, wait_for
 
 from aimaster.data.coordinator import CHUNK_BYTES, Dataset, PlanData
-from aimaster.data.store import EtcdConfig, Store, job_prefix
+from aimaster.data.store import EtcdConfig, Op, Store, job_prefix
 
 
 def _job_store(state_dir: str, job_id: str) -> Store:
@@ -190,3 +190,91 @@ def test_a_leased_claim_forged_on_a_committed_slice_does_not_hang_a_worker_holdi
     assert "end" in result, "a worker holding its last slice waited forever on a forged claim"
     assert ds.commit(last)
     assert ds.is_complete()
+
+
+def _planned(session, n, ds_id="ds"):
+    ds = Dataset(session, ds_id)
+    ds.ensure_plan(lambda: PlanData("table", n, {}), 1)
+    return ds
+
+
+def test_a_plan_written_twice_is_refused_by_every_reader(make_session):
+    """A put over the plan, even of the very same value, is caught by whoever reads it next: a plan
+    is written once (its etcd version is 1)."""
+    import pytest
+
+    from aimaster.errors import EtcdDataError
+
+    a, b = make_session("w-a"), make_session("w-b")
+    ds = _planned(a, 30)
+    assert Dataset(b, "ds").load_plan() == ds.plan  # written once: believed
+    a.store.client.put(a.store.key(ds.k.plan), json.dumps(ds.plan))
+    for read in (lambda: Dataset(b, "ds").load_plan(),
+                 lambda: Dataset(b, "ds").ensure_plan(lambda: PlanData("table", 30, {}), 1)):
+        with pytest.raises(EtcdDataError, match="written 2 times"):
+            read()
+
+
+def _remade(store, ds, **changes):
+    """Delete the plan and write it anew (version 1 again) with ``changes``: (plan, its metadata)."""
+    store.delete(ds.k.plan)
+    store.client.put(store.key(ds.k.plan), json.dumps(dict(ds.plan, **changes)))
+    return store.get(ds.k.plan)
+
+
+def test_a_plan_made_anew_is_younger_than_the_slices_it_would_judge(make_session):
+    """Deleted and created again, a plan has version 1; the create revisions of the slice keys tell
+    it from the planner's: the real slices past a shrunk plan's last, and every claim or commit made
+    before it, are older than it. Keys forged after the plan (a stray todo/999999, commits past the
+    plan) are no such sign; a plan of more slices than etcd holds is refused as well."""
+    import pytest
+
+    from aimaster.data import plan_integrity
+    from aimaster.errors import EtcdDataError
+
+    a = make_session("w-a")
+    ds = _planned(a, 150)
+    st = a.store
+    plan, meta = st.get(ds.k.plan)
+    plan_integrity.check_against_slices(st, ds.k, plan, meta)  # every slice free
+    st.put(ds.k.todo + "999999", {})
+    st.put(ds.k.done + ds.slice_id(150), {"w": "mallory"})
+    plan_integrity.check_against_slices(st, ds.k, plan, meta)  # written after the plan: no sign
+    st.delete(ds.k.todo + "999999")
+
+    forged, forged_meta = _remade(st, ds, num_items=30, num_slices=30)  # before any work
+    with pytest.raises(EtcdDataError, match=f"created after .*todo/{ds.slice_id(30)}"):
+        plan_integrity.check_against_slices(st, ds.k, forged, forged_meta)
+
+    claim = ds.try_claim()
+    assert claim is not None and ds.commit(claim)
+    forged, forged_meta = _remade(st, ds, num_items=1490, num_slices=149)  # after work began
+    with pytest.raises(EtcdDataError, match="created after"):
+        plan_integrity.check_against_slices(st, ds.k, forged, forged_meta)
+    st.txn("take every free slice", [], [Op.delete_prefix(ds.k.todo)])
+    forged, forged_meta = _remade(st, ds)  # even the same plan, made anew: the commit dates it
+    with pytest.raises(EtcdDataError, match=f"created after .*done/{claim.slice_id}"):
+        plan_integrity.check_against_slices(st, ds.k, forged, forged_meta)
+
+    small = _planned(make_session("w-g"), 10, "small")
+    grown, grown_meta = _remade(st, small, num_items=20, num_slices=20)
+    with pytest.raises(EtcdDataError, match=f"names 20 slices, but etcd holds no slice {small.slice_id(19)}"):
+        plan_integrity.check_against_slices(st, small.k, grown, grown_meta)
+    empty = Dataset(make_session("w-e"), "empty")
+    empty.ensure_plan(lambda: PlanData("table", 0, {}), 1)
+    plan_integrity.check_against_slices(st, empty.k, *st.get(empty.k.plan))  # no slice, none planned
+
+
+def test_a_file_list_chunk_must_hold_the_names_the_plan_counts(make_session):
+    import pytest
+
+    from aimaster.errors import EtcdDataError
+
+    a, b = make_session("w-a"), make_session("w-b")
+    names = [f"f{i:04d}.txt" for i in range(50)]
+    ds = _dataset(a, 0, 10, names)
+    a.store.put(ds.k.item_chunk(0), names[:45])
+    reader = Dataset(b, ds.ds_id)
+    reader.load_plan()
+    with pytest.raises(EtcdDataError, match="holds 45 names, its plan says 50"):
+        reader.items(4)

@@ -157,10 +157,7 @@ PLANS = {
 @pytest.mark.parametrize("case", sorted(PLANS))
 def test_malformed_or_changed_plan_fails_the_job_with_a_report(running, case):
     make, needle = PLANS[case]
-    # The master keeps the plan it first reads, in its first round after the workers planned
-    # (rounds every 0.5 s); a plan rewritten before that is the plan it sees (a known gap, see
-    # docs/design.md, "plan"). Forge only once the job is well under way.
-    job = running(f"plan-{case}".replace("_", "-"), n_files=1500, sleep="0.02", commits=20)
+    job = running(f"plan-{case}".replace("_", "-"), n_files=1500, sleep="0.02")
     ds = _dataset(job)
     plan = job.store().get_value(f"ds/{ds}/plan")
     live = job.workers()
@@ -168,6 +165,42 @@ def test_malformed_or_changed_plan_fails_the_job_with_a_report(running, case):
     _expect_failed_naming(job, f"ds/{ds}/plan", needle, live)
     assert job.report()["slices"]["committed"] < 150
     assert json.dumps(job.report())  # the report itself is plain JSON
+
+
+def _plan_the_moment_it_appears(job, timeout=60):
+    """(dataset id, plan) as soon as the planner has written it: polled every few milliseconds,
+    well inside the master's first round (0.5 s) after it."""
+    store = job.store()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for rel in store.keys("ds/"):
+            if rel.endswith("/plan"):
+                return rel.split("/")[0], store.get_value(f"ds/{rel}")
+        time.sleep(0.003)
+    raise AssertionError("no plan was written")
+
+
+@pytest.mark.parametrize("how", ["put_over", "deleted_and_written_anew"])
+def test_a_plan_forged_before_the_master_first_reads_it_fails_the_job(tmp_path, how):
+    """The master judges completion against the plan it keeps; a consistent but shrunk plan put in
+    place before its first read must not become that plan (it would count 30 commits of 150 as
+    every input). Put over, the plan's etcd version gives it away; deleted and written anew, the
+    slices etcd holds do (aimaster.data.plan_integrity)."""
+    job = Job(tmp_path, f"forged-{how}".replace("_", "-"), 1500, workers=3, env={"FILE_SLEEP": "0.02"},
+              extra=("--lease-ttl", "3"))
+    try:
+        job.start()
+        ds, plan = _plan_the_moment_it_appears(job)
+        rel = f"ds/{ds}/plan"
+        store = job.store()
+        if how == "deleted_and_written_anew":
+            store.client.delete(store.key(rel))
+        _put(job, rel, _shrunk(plan))
+        needle = "written 2 times" if how == "put_over" else "changed after the dataset was planned"
+        _expect_failed_naming(job, rel, needle, job.workers())
+        assert job.report()["slices"]["committed"] < 150
+    finally:
+        job.close()
 
 
 def test_a_malformed_job_record_found_at_start_fails_that_run_and_the_next_resumes(tmp_path, etcd, job_id):

@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from aimaster.data import plan_integrity
 from aimaster.data.claim import PlanData, slice_id_width
 from aimaster.data.store import Compare, Op, dumps
 from aimaster.errors import ConfigError, EtcdDataError
@@ -32,9 +33,9 @@ class Planning:
             raise ConfigError(f"slice_size must be a positive integer, got {slice_size!r}")
         st = self.store
         while True:
-            plan = st.get_value(self.k.plan)
+            plan, meta = st.get(self.k.plan)
             if plan is not None:
-                return self._adopt(plan, slice_size)
+                return self._adopt(plan, slice_size, meta)
             # "No plan yet" is part of the comparison: a process that read no plan just before the
             # previous planner finished must not take the freed planner key and plan again (its
             # clean-up would delete the file list and re-create todo keys under running workers).
@@ -57,10 +58,14 @@ class Planning:
 
     def load_plan(self) -> Optional[Dict[str, Any]]:
         """Attach to an existing plan (the master and status never plan); None if not planned yet."""
-        plan = self.store.get_value(self.k.plan)
+        plan, meta = self.store.get(self.k.plan)
         if plan is None:
             return None
-        return self._adopt(plan, plan.get("slice_size"))
+        return self.adopt_read_plan(plan, meta)
+
+    def adopt_read_plan(self, plan: Dict[str, Any], meta: Any) -> Dict[str, Any]:
+        """Attach to ``plan``, read back with etcd metadata ``meta`` by the caller."""
+        return self._adopt(plan, plan.get("slice_size"), meta)
 
     def _write_plan(self, data: PlanData, slice_size: int) -> Optional[Dict[str, Any]]:
         st = self.store
@@ -104,12 +109,16 @@ class Planning:
         ok, _ = st.txn("write plan", [Compare.version(self.k.plan) == 0], [Op.put(self.k.plan, plan)])
         return plan if ok else None
 
-    def _adopt(self, plan: Dict[str, Any], slice_size: int) -> Dict[str, Any]:
+    def _adopt(self, plan: Dict[str, Any], slice_size: int, meta: Any = None) -> Dict[str, Any]:
+        """Take ``plan`` as this dataset's; ``meta``: its etcd metadata when it was read back (None:
+        this process just wrote it)."""
         for name, typ in (("num_items", int), ("slice_size", int), ("num_slices", int), ("width", int),
                           ("chunks", list), ("kind", str), ("source", dict)):
             if not isinstance(plan.get(name), typ) or isinstance(plan.get(name), bool):
                 raise EtcdDataError(
                     f"value at {self.store.key(self.k.plan)} has a bad {name!r}: {plan.get(name)!r:.80}")
+        if meta is not None:
+            plan_integrity.check_written_once(self.store, self.k, meta)
         if plan["slice_size"] != int(slice_size):
             raise ConfigError(
                 f"dataset {self.ds_id} was planned with slice_size={plan['slice_size']} in this job; "
@@ -156,6 +165,9 @@ class Planning:
             value = self.store.get_value(self.k.item_chunk(n), expect=list)
             if value is None or not all(isinstance(x, str) for x in value):
                 raise EtcdDataError(f"file list chunk {n} of dataset {self.ds_id} is missing or malformed")
+            if n < len(self.plan["chunks"]) and len(value) != self.plan["chunks"][n]:
+                raise EtcdDataError(f"file list chunk {n} of dataset {self.ds_id} holds {len(value)} names, "
+                                    f"its plan says {self.plan['chunks'][n]}")
             if len(self._chunks) > 8:
                 self._chunks.pop(next(iter(self._chunks)))
             self._chunks[n] = value

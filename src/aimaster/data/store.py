@@ -596,6 +596,29 @@ class Store:
                                                                             min_mod_revision=revision + 1)))
         return bool(items)
 
+    def first_created_before(self, prefix_rel: str, revision: int, from_rel: Optional[str] = None) -> Optional[str]:
+        """A key (relative) under ``prefix_rel`` (from ``from_rel`` on, if given) created before
+        ``revision``, or None: keys only, at most one sent.
+
+        The request is built here: pyetcd's ``get_range`` puts ``max_create_revision`` into the
+        request's ``min_mod_revision`` field (a different filter altogether).
+        """
+        prefix = self.key(prefix_rel).encode("utf-8")
+        start = prefix if from_rel is None else self.key(from_rel).encode("utf-8")
+        request = etcdrpc.RangeRequest(key=start, range_end=pyetcd.utils.prefix_range_end(prefix), keys_only=True,
+                                       limit=1, max_create_revision=max(revision - 1, 1))
+
+        def ask(client: MultiEndpointEtcd3Client):
+            try:
+                return client.kvstub.Range(request, client.timeout, credentials=client.call_credentials,
+                                           metadata=client.metadata)
+            except grpc.RpcError as exc:
+                client._manage_grpc_errors(exc)
+                raise
+
+        reply = self.call(f"created-before {start.decode()}", ask)
+        return reply.kvs[0].key.decode("utf-8", "replace")[len(self.prefix):] if reply.kvs else None
+
     def revision(self) -> int:
         """The store's current revision: every key written from now on has a higher mod revision."""
         k = self.key("")

@@ -43,7 +43,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-from aimaster.data import keys
+from aimaster.data import keys, plan_integrity
 from aimaster.data.connect import connect
 from aimaster.data.coordinator import Dataset
 from aimaster.data.etcd_server import EmbeddedEtcd
@@ -430,8 +430,14 @@ class Master(JobEnd):
     def _dataset(self, ds_id: str) -> Optional[Dataset]:
         if ds_id not in self._datasets:
             ds = Dataset(self.session, ds_id, self.opts.max_slice_attempts)
-            if ds.load_plan() is None:
+            plan, meta = self.store.get(ds.k.plan)
+            if plan is None:
                 return None
+            # The plan this master keeps judges completion: a plan put in place of the planner's
+            # before this first read must be caught here (aimaster.data.plan_integrity).
+            readback.check_plan(plan, self.store.key(ds.k.plan))
+            ds.adopt_read_plan(plan, meta)
+            plan_integrity.check_against_slices(self.store, ds.k, plan, meta)
             self._datasets[ds_id] = ds
         return self._datasets[ds_id]
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
-from aimaster.data import keys
+from aimaster.data import keys, plan_integrity
 from aimaster.data.keys import DatasetKeys
 from aimaster.data.store import Store, dumps
 from aimaster.errors import EtcdDataError
@@ -156,10 +156,11 @@ class JobMonitor:
     def _dataset_view(self, ds_id: str) -> Optional[DatasetView]:
         k = DatasetKeys(ds_id)
         st = self.store
-        plan = st.get_value(k.plan)
+        plan, meta = st.get(k.plan)
         if not plan:
             return None
         readback.check_plan(plan, st.key(k.plan))
+        plan_integrity.check_written_once(st, k, meta)
         ds = self.dataset(ds_id) if self.dataset is not None else None
         if ds is not None:
             if dumps(ds.plan) != dumps(plan):
