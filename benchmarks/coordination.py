@@ -384,14 +384,20 @@ def merge_raw(before: Dict[str, Any], after: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def bench_aimaster(ctx, etcd, n_clients: int, num_slices: int) -> Dict[str, Any]:
-    """The table client's pattern at the coordinator: ``next_claim()`` + ``commit(claim_next=True)``."""
+def bench_aimaster(ctx, etcd, n_clients: int, num_slices: int, ds_id: Optional[str] = None) -> Dict[str, Any]:
+    """The table client's pattern at the coordinator: ``next_claim()`` + ``commit(claim_next=True)``.
+
+    The dataset id has the length of a real table client's (``t-`` and 12 hex digits, as the file
+    client's ``f-`` ones): every key of a commit transaction holds it, about 17 times, and etcd's
+    CPU per slice grows with the bytes it stores and indexes.
+    """
     from aimaster.data.coordinator import Dataset, PlanData
     from aimaster.data.session import WorkerSession
     from aimaster.data.store import EtcdConfig, Store, job_prefix
+    from aimaster.io.files import dataset_key
 
     prefix = job_prefix(f"bench-coord-{n_clients}-{time.time_ns()}")
-    ds_id = "t-bench"
+    ds_id = ds_id or "t-" + dataset_key("table", "bench", str(n_clients))
     store = Store(EtcdConfig([etcd.endpoint]), prefix)
     session = WorkerSession(store, "bench-planner")
     _hold_master_key(session)
