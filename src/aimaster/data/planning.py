@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from aimaster.data import plan_integrity
 from aimaster.data.claim import PlanData, slice_id_width
+from aimaster.data.records import PLANNED_TODO
 from aimaster.data.store import Compare, Op, dumps
 from aimaster.errors import ConfigError, EtcdDataError
 
@@ -91,9 +92,8 @@ class Planning:
                 st.put(self.k.item_chunk(len(chunk_counts)), chunk)
                 chunk_counts.append(len(chunk))
         width = slice_id_width(num_slices)
-        empty = dumps({})
         for start in range(0, num_slices, TXN_OPS):
-            ops = [Op.put(self.k.todo + f"{i:0{width}d}", empty)
+            ops = [Op.put(self.k.todo + f"{i:0{width}d}", PLANNED_TODO)
                    for i in range(start, min(start + TXN_OPS, num_slices))]
             st.txn("write todo", [], ops)
         plan = {

@@ -194,7 +194,7 @@ class TodoRecord:
     def tolerant(cls, raw: Any, key: str) -> TodoRecord:
         """A todo value as a claim reads it: its presence is what counts; a malformed value reads as
         a fresh slice (its attempt count restarts) instead of stopping the claim."""
-        if raw == b"{}":  # as planned: the value of nearly every claim, decoded once (records are frozen)
+        if raw == _PLANNED_TODO_BYTES:  # the value of nearly every claim, decoded once (records are frozen)
             return _FRESH_TODO
         try:
             return cls.from_json(raw, key)
@@ -203,6 +203,9 @@ class TodoRecord:
 
 
 _FRESH_TODO = TodoRecord()
+# What the planner writes for every slice (aimaster.data.planning): a fresh todo entry.
+PLANNED_TODO = dumps({})
+_PLANNED_TODO_BYTES = PLANNED_TODO.encode("utf-8")
 
 
 @dataclass(frozen=True)

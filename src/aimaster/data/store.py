@@ -182,6 +182,11 @@ def _utf8_json(value: Any) -> str:
     return "".join(_C_UTF8_JSON(value, 0))
 
 
+def _utf8(value: Any) -> bytes:
+    """A value already encoded (bytes) or text, as the bytes of an etcd message."""
+    return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
 def loads(raw: bytes, key: str, expect: type = dict) -> Any:
     """Decode a value read from etcd, refusing anything aimaster would not have written."""
     if len(raw) > MAX_VALUE_BYTES:
@@ -302,7 +307,7 @@ class Compare:
         """Write this comparison into ``message`` (a new entry of the request's ``compare`` list)."""
         if self.op is None:
             raise TypeError(f"{self!r} has no comparison: write e.g. {self!r} == 0")
-        key = (store.prefix + self.rel).encode("utf-8")
+        key = store.key_bytes(self.rel)
         message.key = key
         message.result = _RESULTS[self.op]
         target = self.target
@@ -311,7 +316,7 @@ class Compare:
             message.range_end = pyetcd.utils.prefix_range_end(key)
         if target == "value":
             operand = self.operand
-            message.value = operand if isinstance(operand, bytes) else operand.encode("utf-8")
+            message.value = _utf8(operand)
         elif target == "mod":
             message.mod_revision = self.operand
         else:
@@ -377,13 +382,13 @@ class Op:
             compare, success, failure = self.value
             store._fill_txn(what, message.request_txn, compare, success, failure)
             return
-        key = (store.prefix + self.rel).encode("utf-8")
+        key = store.key_bytes(self.rel)
         kind = self.kind
         if kind == "put":
             put = message.request_put
             put.key = key
             value = self.value
-            put.value = value if isinstance(value, bytes) else value.encode("utf-8")
+            put.value = _utf8(value)
             lease = self.lease
             if lease is not None:
                 lease = lease.id if hasattr(lease, "id") else int(lease)
@@ -456,6 +461,10 @@ class Store:
     def key(self, rel: str) -> str:
         """The absolute key of ``rel``: for naming it in a message. Operations take ``rel`` itself."""
         return self.prefix + rel
+
+    def key_bytes(self, rel: str) -> bytes:
+        """The absolute key of ``rel`` as etcd's messages hold it."""
+        return (self.prefix + rel).encode("utf-8")
 
     def with_prefix(self, prefix: str) -> Store:
         """The same connection, keys relative to another prefix: for what lives outside the job's
@@ -603,8 +612,8 @@ class Store:
         The request is built here: pyetcd's ``get_range`` puts ``max_create_revision`` into the
         request's ``min_mod_revision`` field (a different filter altogether).
         """
-        prefix = self.key(prefix_rel).encode("utf-8")
-        start = prefix if from_rel is None else self.key(from_rel).encode("utf-8")
+        prefix = self.key_bytes(prefix_rel)
+        start = prefix if from_rel is None else self.key_bytes(from_rel)
         request = etcdrpc.RangeRequest(key=start, range_end=pyetcd.utils.prefix_range_end(prefix), keys_only=True,
                                        limit=1, max_create_revision=max(revision - 1, 1))
 
