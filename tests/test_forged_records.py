@@ -278,3 +278,30 @@ def test_a_file_list_chunk_must_hold_the_names_the_plan_counts(make_session):
     reader.load_plan()
     with pytest.raises(EtcdDataError, match="holds 45 names, its plan says 50"):
         reader.items(4)
+
+
+def test_a_claim_key_written_over_even_with_its_own_value_cannot_commit(make_session):
+    """A commit compares the claim key's mod revision from the transaction that wrote it: any
+    write over the key since (here the very same value, bound to the same lease) is another
+    attempt's business, and the commit is refused. Claims taken by themselves and claims riding
+    in a commit are both compared that way; one adopted from another process compares its value."""
+    a = make_session("w-a")
+    ds = _planned(a, 20, "held")
+    st = a.store
+    first = ds.try_claim()
+    assert first is not None
+    compare = first.held_compare(ds.k.claim + first.slice_id)
+    assert compare.target == "mod" and compare.operand == st.get_raw(ds.k.claim + first.slice_id)[1].mod_revision
+    assert ds.commit(first, claim_next=True)
+    riding = ds.try_claim()  # the claim that rode in the commit's transaction
+    rel = ds.k.claim + riding.slice_id
+    raw, meta = st.get_raw(rel)
+    assert riding.held_compare(rel).operand == meta.mod_revision
+    st.client.put(st.key(rel), raw, lease=a.lease)  # the same bytes, the same lease: still a write
+    assert not ds.commit(riding)
+    assert st.get_value(ds.k.done + riding.slice_id) is None
+    # Without a revision of its own (adopted, lent), a claim compares its value and commits.
+    other = ds.try_claim()
+    other._written = None
+    assert other.held_compare(ds.k.claim + other.slice_id).target == "value"
+    assert ds.commit(other)

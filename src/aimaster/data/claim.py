@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from aimaster.data.outputs import OutputSink, StagedRef
 from aimaster.data.records import ClaimRecord
-from aimaster.data.store import dumps
+from aimaster.data.store import Compare, dumps
 
 if TYPE_CHECKING:
     from aimaster.data.coordinator import Dataset
@@ -45,6 +45,9 @@ class Claim:
     # (record, its JSON): held_value's last answer, kept while ``record`` is that same object (the
     # claim's put and its commit's comparison both need it; each encoding costs a few µs).
     _held: Optional[Tuple[ClaimRecord, str]] = field(default=None, repr=False, compare=False)
+    # (record, the mod revision of our key holding it): known when this process wrote that key and
+    # read the transaction's revision; valid while ``record`` is that same object.
+    _written: Optional[Tuple[ClaimRecord, int]] = field(default=None, repr=False, compare=False)
 
     def add_output(self, sink: OutputSink, ref: StagedRef) -> None:
         self.outputs.append((sink, ref))
@@ -60,6 +63,26 @@ class Claim:
         if self._held is None or self._held[0] is not self.record:
             self._held = (self.record, dumps(self.record.to_json()))
         return self._held[1]
+
+    def written_at(self, revision: int) -> None:
+        """Our key now holds ``record``, written at store revision ``revision`` (a transaction of ours)."""
+        if self.record is not None:
+            self._written = (self.record, revision)
+
+    def held_compare(self, rel: str) -> Optional[Compare]:
+        """The comparison that holds only while this attempt still holds its key ``rel`` (None when
+        the attempt was never written).
+
+        The key's mod revision when this process wrote it and knows the revision: any later write
+        changes it, even one of the very same value, and a key deleted (its lease expired, or
+        given back) and made again has another. Otherwise (a claim adopted or lent from another
+        process) the key's whole value, which names this attempt. The revision is a few bytes in
+        the commit transaction instead of the value's 70 or so.
+        """
+        if not self.lost and self._written is not None and self._written[0] is self.record:
+            return Compare.mod(rel) == self._written[1]
+        held = self.held_value()
+        return None if held is None else Compare.value(rel) == held
 
 
 def slice_id_width(num_slices: int) -> int:

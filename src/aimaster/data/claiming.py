@@ -224,9 +224,13 @@ class Claiming:
                     success.append(Op.put(keys.beat(session.worker_id), session.beat_value("working"), lease=lease))
                 return st.txn(what, compare, success, [Op.get(rel)])
 
-            ok, responses = session.leased(txn)
-            if not ok:
-                # A retried transaction whose first try did apply: the key holds our own attempt.
+            result = session.leased(txn)
+            ok, responses = result
+            if ok:
+                claim.written_at(result.revision)
+            else:
+                # A retried transaction whose first try did apply: the key holds our own attempt
+                # (written at a revision this reply does not tell: its commit compares the value).
                 ok = names_attempt(responses, st.key(rel), claim.attempt)
         except BaseException:
             session.untrack(claim)

@@ -82,20 +82,22 @@ class Committing:
                 piggy.append(extra[0])
                 success.append(extra[1])
             compare = [Compare.version(done) == 0]
-            held = claim.held_value()
+            held = claim.held_compare(held_rel)
             if held is not None:
                 # Only while our attempt still holds its claim or copy key: one whose lease expired
                 # (the worker was cut off or stopped past the TTL) or that was given back on SIGTERM
                 # must never commit, even if nobody else has yet.
-                compare.append(Compare.value(held_rel) == held)
+                compare.append(held)
             return st.txn(f"commit slice {sid}", compare, success, [Op.get(done)])
 
         piggy: List[Claim] = []
-        ok, responses = session.leased(txn)
+        result = session.leased(txn)
+        ok, responses = result
         session.last_commit_latency = time.monotonic() - commit_t0
         if ok and piggy and responses and responses[-1].WhichOneof("response") == "response_txn" \
                 and responses[-1].response_txn.succeeded:
             self._next = piggy[0]
+            self._next.written_at(result.revision)  # its claim key was put in this transaction
             session.track(self._next)
         elif ok and piggy:
             self._candidates = []  # the candidate was taken meanwhile: our list is stale, read afresh
@@ -149,9 +151,9 @@ class Committing:
         self.session.untrack(claim)
         # A copy gives back only itself; the primary attempt it shadows goes on.
         rel = self.k.backup_of(sid, self.session.worker_id) if claim.backup else self.k.claim + sid
-        held = claim.held_value()
+        held = claim.held_compare(rel)
         if held is not None:  # only our own attempt: after a lost lease the key may be another's
-            self.store.txn(f"release slice {sid}", [Compare.value(rel) == held], [Op.delete(rel)])
+            self.store.txn(f"release slice {sid}", [held], [Op.delete(rel)])
         if error and not claim.backup:
             # The attempt's own worker: a DataLoader worker releasing a claim lent by its consumer
             # (frameworks.lent) releases the consumer's attempt.

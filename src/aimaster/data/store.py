@@ -404,7 +404,7 @@ class Op:
             message.request_range.key = key
 
 
-def _send_txn(client: MultiEndpointEtcd3Client, request: etcdrpc.TxnRequest) -> Tuple[bool, list]:
+def _send_txn(client: MultiEndpointEtcd3Client, request: etcdrpc.TxnRequest) -> TxnResult:
     """Send a built transaction the way pyetcd's ``transaction`` does: ``(succeeded, responses)``, a
     read's response as ``[(raw value, metadata)]``, gRPC errors turned into pyetcd's exceptions (and
     the endpoint marked failed) so that :meth:`Store._retry` judges them alike."""
@@ -421,7 +421,21 @@ def _send_txn(client: MultiEndpointEtcd3Client, request: etcdrpc.TxnRequest) -> 
             responses.append([(kv.value, KVMetadata(kv, reply.header)) for kv in response.response_range.kvs])
         else:
             responses.append(response)
-    return reply.succeeded, responses
+    return TxnResult(reply.succeeded, responses, reply.header.revision)
+
+
+class TxnResult(tuple):
+    """``(succeeded, responses)``, as pyetcd's ``transaction`` answers, with ``revision``: the
+    store's revision after it, which is the mod revision of every key a successful transaction
+    wrote (a claimant compares its claim key against that number at commit, not against its whole
+    value)."""
+
+    revision: int
+
+    def __new__(cls, succeeded: bool, responses: list, revision: int) -> TxnResult:
+        result = super().__new__(cls, (succeeded, responses))
+        result.revision = revision
+        return result
 
 
 class Store:
