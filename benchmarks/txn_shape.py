@@ -9,10 +9,10 @@ Run it from the repository root::
 Why: ``benchmarks/coordination.py`` measures aimaster's whole claim + commit path against raw etcd
 transactions. This script splits that ratio in two. It sends, from clients that do nothing else
 (requests built before the clock starts, no Python per slice), the very transaction a commit sends:
-compare the slice's commit record absent and its claim still ours; write the record; delete the
-claim, todo, failed, attempts and copy keys; write the heartbeat; claim the next slice in a nested
-transaction (delete its todo key, write its claim and attempts keys). Against the same etcd it
-sends the raw baseline (``version(k) == 0`` -> ``put``). The ratio of the two is the ceiling the
+compare the slice's commit record absent and its claim still ours (by mod revision); write the
+record; delete the claim, todo, failed, attempts and copy keys; write the heartbeat; claim the next
+slice in a nested transaction (delete its todo key, write its claim and attempts keys). Against the
+same etcd it sends the raw baseline (``version(k) == 0`` -> ``put``). The ratio of the two is the ceiling the
 transaction's shape leaves; what aimaster loses below it is the client's own work per slice.
 
 The replica is checked against the real thing first: the script runs one real
@@ -78,7 +78,10 @@ def commit_request(r, i: int, worker: int, lease: int):
                  put(_key(b"attempts", nxt), ATTEMPTS_VALUE)])
     return r.TxnRequest(
         compare=[r.Compare(key=_key(b"done", i), result=r.Compare.EQUAL, target=r.Compare.VERSION, version=0),
-                 r.Compare(key=_key(b"claim", i), result=r.Compare.EQUAL, target=r.Compare.VALUE, value=CLAIM_VALUE)],
+                 # The real commit compares the claim key's mod revision with the one its claim was
+                 # written at; requests built before the clock cannot know it, and "> 0" costs etcd
+                 # the same comparison of the same key.
+                 r.Compare(key=_key(b"claim", i), result=r.Compare.GREATER, target=r.Compare.MOD, mod_revision=0)],
         success=[put(_key(b"done", i), DONE_VALUE), delete(_key(b"claim", i)), delete(_key(b"todo", i)),
                  delete(_key(b"failed", i)), delete(_key(b"attempts", i)), delete(_key(b"backup", i) + b"/", True),
                  put(PREFIX + b"beat/bench-%03d" % worker, BEAT_VALUE, leased=True),
