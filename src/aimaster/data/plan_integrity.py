@@ -49,15 +49,16 @@ def check_against_slices(store: Store, k: DatasetKeys, plan: Dict[str, Any], met
     n, width = plan["num_slices"], plan["width"]
     created = meta.create_revision
     where = store.key(k.plan)
-    for prefix, start in ((k.todo, f"{k.todo}{n:0{width}d}"), (k.claim, None), (k.attempts, None),
-                          (k.done, None), (k.failed, None)):
+    prefixes = (k.todo, k.claim, k.attempts, k.done, k.failed)  # every state a slice can be in
+    for prefix in prefixes:
+        # todo/: the planner's keys of this plan's own slices are older than it by design.
+        start = f"{k.todo}{n:0{width}d}" if prefix == k.todo else None
         older = store.first_created_before(prefix, created, start)
         if older is not None:
             raise EtcdDataError(f"value at {where} changed after the dataset was planned: it was created after "
                                 f"{store.key(older)}, which a plan of {n} slices never made")
     if n:
         last = f"{n - 1:0{width}d}"
-        prefixes = (k.todo, k.claim, k.attempts, k.done, k.failed)
         _, found = store.txn("find the plan's last slice", [], [Op.get(p + last) for p in prefixes])
         if not any(found):
             raise EtcdDataError(f"value at {where} names {n} slices, but etcd holds no slice {last}")

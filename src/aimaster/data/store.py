@@ -404,16 +404,21 @@ class Op:
             message.request_range.key = key
 
 
-def _send_txn(client: MultiEndpointEtcd3Client, request: etcdrpc.TxnRequest) -> TxnResult:
-    """Send a built transaction the way pyetcd's ``transaction`` does: ``(succeeded, responses)``, a
-    read's response as ``[(raw value, metadata)]``, gRPC errors turned into pyetcd's exceptions (and
-    the endpoint marked failed) so that :meth:`Store._retry` judges them alike."""
+def _kv_call(client: MultiEndpointEtcd3Client, method: Callable, request: Any) -> Any:
+    """One KV RPC (``client.kvstub.Txn``, ``.Range``) with a request built here, its gRPC errors
+    turned into pyetcd's exceptions (and the endpoint marked failed) so that :meth:`Store._retry`
+    judges them as it judges pyetcd's own calls."""
     try:
-        reply = client.kvstub.Txn(request, client.timeout, credentials=client.call_credentials,
-                                  metadata=client.metadata)
+        return method(request, client.timeout, credentials=client.call_credentials, metadata=client.metadata)
     except grpc.RpcError as exc:
         client._manage_grpc_errors(exc)
         raise
+
+
+def _send_txn(client: MultiEndpointEtcd3Client, request: etcdrpc.TxnRequest) -> TxnResult:
+    """Send a built transaction the way pyetcd's ``transaction`` does: ``(succeeded, responses)``, a
+    read's response as ``[(raw value, metadata)]``, errors as :func:`_kv_call` raises them."""
+    reply = _kv_call(client, client.kvstub.Txn, request)
     responses: list = []
     for response in reply.responses:
         kind = response.WhichOneof("response")
@@ -630,16 +635,7 @@ class Store:
         start = prefix if from_rel is None else self.key_bytes(from_rel)
         request = etcdrpc.RangeRequest(key=start, range_end=pyetcd.utils.prefix_range_end(prefix), keys_only=True,
                                        limit=1, max_create_revision=max(revision - 1, 1))
-
-        def ask(client: MultiEndpointEtcd3Client):
-            try:
-                return client.kvstub.Range(request, client.timeout, credentials=client.call_credentials,
-                                           metadata=client.metadata)
-            except grpc.RpcError as exc:
-                client._manage_grpc_errors(exc)
-                raise
-
-        reply = self.call(f"created-before {start.decode()}", ask)
+        reply = self.call(f"created-before {start.decode()}", lambda c: _kv_call(c, c.kvstub.Range, request))
         return reply.kvs[0].key.decode("utf-8", "replace")[len(self.prefix):] if reply.kvs else None
 
     def revision(self) -> int:
