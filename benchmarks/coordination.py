@@ -624,35 +624,20 @@ def print_report(res: Dict[str, Any]) -> None:
 
 
 def verdicts(res: Dict[str, Any]) -> List[str]:
+    """OK/MISS per target: on the medians when there are several rounds, else on the one round."""
     out = []
-    if res.get("medians"):
-        for med in res["medians"]:
-            for what, ratio, ratios, rate in (
-                    ("ratio", med["ratio"], med["ratios"], med["rate"]),
-                    *([("file client ratio", med["files_ratio"], med["files_ratios"], med["files_rate"])]
-                      if "files_ratio" in med else [])):
-                each = ", ".join(f"{r:.1%}" for r in ratios)
-                out.append(f"{'OK  ' if ratio >= TARGET_RATIO else 'MISS'} {what} {ratio:.1%} (median of "
-                           f"{each}) with {med['clients']} clients")
-                if med["clients"] == 32:
-                    out.append(f"{'OK  ' if rate >= TARGET_SLICES_32 else 'MISS'} "
-                               f"{'file client ' if what.startswith('file') else ''}{rate:,.0f} slices/s "
-                               f"(median) with 32 clients")
-        return out + _planning_verdicts(res)
-    for row in res["coordination"]:
-        ok = row["ratio"] >= TARGET_RATIO
-        out.append(f"{'OK  ' if ok else 'MISS'} ratio {row['ratio']:.1%} with {row['clients']} clients")
-        if row["clients"] == 32:
-            ok = row["aimaster"]["rate"] >= TARGET_SLICES_32
-            out.append(f"{'OK  ' if ok else 'MISS'} {row['aimaster']['rate']:,.0f} slices/s with 32 clients")
-        if "files" in row:
-            ok = row["files_ratio"] >= TARGET_RATIO
-            out.append(f"{'OK  ' if ok else 'MISS'} file client ratio {row['files_ratio']:.1%} with "
-                       f"{row['clients']} clients")
-            if row["clients"] == 32:
-                ok = row["files"]["rate"] >= TARGET_SLICES_32
-                out.append(f"{'OK  ' if ok else 'MISS'} file client {row['files']['rate']:,.0f} slices/s with 32 "
-                           "clients")
+    for judged in res.get("medians") or medians(res["coordination"]):
+        several = judged["rounds"] > 1
+        for what, key in (("ratio", ""), ("file client ratio", "files_")):
+            if f"{key}ratio" not in judged:
+                continue
+            ratio, rate = judged[f"{key}ratio"], judged[f"{key}rate"]
+            each = f" (median of {', '.join(f'{r:.1%}' for r in judged[f'{key}ratios'])})" if several else ""
+            out.append(f"{'OK  ' if ratio >= TARGET_RATIO else 'MISS'} {what} {ratio:.1%}{each} with "
+                       f"{judged['clients']} clients")
+            if judged["clients"] == 32:
+                out.append(f"{'OK  ' if rate >= TARGET_SLICES_32 else 'MISS'} {'file client ' if key else ''}"
+                           f"{rate:,.0f} slices/s{' (median)' if several else ''} with 32 clients")
     return out + _planning_verdicts(res)
 
 

@@ -29,11 +29,19 @@ def _run(tmp_path, script: str, *args: str, timeout: float = 900) -> dict:
 
 
 def test_coordination_quick(tmp_path):
-    res = _run(tmp_path, "coordination.py", "--quick", "--plan-files", "2000", "--no-meta-file")
+    res = _run(tmp_path, "coordination.py", "--quick", "--plan-files", "2000", "--no-meta-file", "--rounds", "2")
     for row in res["coordination"]:
         # One transaction per slice (the commit claims the next), give or take lost races.
         assert row["files"]["txns_per_slice"] < 1.8, row["files"]  # two per slice before
         assert row["aimaster"]["ops"] == row["files"]["ops"] == res["params"]["slices"]
+    # Two rounds per client count, the phases in alternating order; the targets judge the medians.
+    assert [(row["clients"], row["round"], row["order"]) for row in res["coordination"]] == [
+        (1, 1, ["table", "files"]), (8, 1, ["table", "files"]), (1, 2, ["files", "table"]), (8, 2, ["files", "table"])]
+    for med in res["medians"]:
+        mine = [row for row in res["coordination"] if row["clients"] == med["clients"]]
+        assert med["ratios"] == [row["ratio"] for row in mine] and med["ratio"] == sum(med["ratios"]) / 2
+        assert med["files_ratios"] == [row["files_ratio"] for row in mine]
+    assert any(f"(median of {res['medians'][0]['ratios'][0]:.1%}" in line for line in res["verdicts"]), res["verdicts"]
 
 
 def test_txn_shape_quick(tmp_path):
